@@ -1,0 +1,43 @@
+"""Shared test helpers: the real-device corpus (skipped when absent) and temporary folders."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def corpus_rows(kind: str | None = None, formats: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of ../shared/corpus/MANIFEST.tsv (empty when the corpus is absent)."""
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.exists():
+        return []
+    with open(manifest) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [r for r in rows if (kind is None or r["kind"] == kind) and (not formats or r["format"] in formats)]
+
+
+def corpus_params(kind: str | None = None, formats: tuple[str, ...] = ()):
+    rows = corpus_rows(kind, formats)
+    if not rows:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="../shared/corpus is absent"))]
+    return [pytest.param(r, id=r["relative_path"]) for r in rows]
+
+
+def corpus_oracle() -> dict[str, dict]:
+    path = CORPUS / "oracle.json"
+    if not path.exists():
+        return {}
+    return {e["SourceFile"]: e for e in json.loads(path.read_text())}
+
+
+def expected_fix(row: dict) -> tuple[float, float] | None:
+    """The manifest's fix, or None when it lists none (0,0 counts as none)."""
+    if row["has_gps"] != "yes" or not row["gps_lat"]:
+        return None
+    lat, lon = float(row["gps_lat"]), float(row["gps_lon"])
+    return None if (lat == 0 and lon == 0) else (lat, lon)

@@ -1,0 +1,57 @@
+"""The one interface every container family implements.
+
+A format module (``worker/formats/<family>.py``) exposes one or more ``Format`` values. Each is
+declarations plus four functions, all pure except for reading the input and writing a *new* file:
+
+- ``accept(head)``: does this content (the first ``HEAD_BYTES`` of the file) belong to us?
+- ``locate(path, limits)``: every GPS fix and capture time the container holds (``location.Found``)
+- ``rebuild(src, dst, limits)``: write the agency copy to ``dst`` by allow-list; say what was dropped
+- ``inspect(path)``: the verifier's own structure walk of a copy; returns findings, empty when clean
+
+Errors are always ``worker.errors.SanitizeError`` with a stable code; nothing else may escape a
+format function for input the module accepted (the pipeline turns anything else into ``internal``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from worker.location import Found
+
+HEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked before and while decoding. Passed in, never process-wide."""
+
+    max_bytes: int = 2 * 1024**3
+    max_pixels: int = 120_000_000
+    max_frames: int = 2_000
+    max_duration_s: float = 3 * 3600.0
+    max_streams: int = 16
+    timeout_s: float = 300.0          # wall clock for one external tool run (ffmpeg, ffprobe)
+    memory_bytes: int = 2 * 1024**3   # address-space limit for external tools
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What ``rebuild`` wrote: the copy's own format (not necessarily the input's) and what it dropped."""
+
+    format: str                 # the Format.name of the *copy*, e.g. "jpeg" for a HEIC input
+    media_type: str             # e.g. "image/jpeg"
+    extension: str              # e.g. ".jpg"
+    removed: tuple[str, ...] = ()   # human-readable names of what was taken out, e.g. "APP1 Exif", "ID3v2"
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str                   # stable id, e.g. "jpeg", "png", "heic", "mp4", "mp3"
+    kind: str                   # "photo" | "video" | "audio"
+    media_type: str             # of the input, by content
+    accept: Callable[[bytes], bool]
+    locate: Callable[[Path, Limits], Found]
+    rebuild: Callable[[Path, Path, Limits], Rebuilt]
+    inspect: Callable[[Path], list[str]]
+    extensions: tuple[str, ...] = field(default=())   # conventional, for naming stored objects only

@@ -1,0 +1,88 @@
+"""Sanitize one file: identify, limit, locate, rebuild, verify. Files in, a new file out, no I/O else.
+
+Used by ``mediasan sanitize`` in-process and by the worker's pipeline; neither knows about formats.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker import formats
+from worker.errors import SanitizeError
+from worker.formats.base import Limits, Rebuilt
+from worker.location import Found
+from worker.verify import verify_copy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    """The outcome for one input; ``as_json`` is the CLI contract of DESIGN.md."""
+
+    input: str
+    status: str = "failed"            # sanitized | rejected | failed
+    kind: str | None = None
+    format: str | None = None         # the agency copy's format (the input's when rejected)
+    input_format: str | None = None
+    media_type: str | None = None     # the agency copy's
+    output: str | None = None
+    found: Found = field(default_factory=Found)
+    removed: tuple[str, ...] = ()
+    error: SanitizeError | None = None
+
+    def as_json(self) -> dict:
+        fix = self.found.fix
+        return {
+            "input": self.input,
+            "status": self.status,
+            "kind": self.kind,
+            "format": self.format,
+            "output": self.output,
+            "location": ({"lat": fix.lat, "lon": fix.lon, "alt": fix.alt, "source": fix.source} if fix else None),
+            "captured_at": self.found.captured_at,
+            "removed": list(self.removed),
+            "error": self.error.as_dict() if self.error else None,
+        }
+
+
+def check_size(path: Path, limits: Limits) -> None:
+    size = path.stat().st_size
+    if size == 0:
+        raise SanitizeError("empty", "the file is empty")
+    if size > limits.max_bytes:
+        raise SanitizeError("too_large", f"{size} bytes is over the limit of {limits.max_bytes}")
+
+
+def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
+    """Write the verified agency copy of ``src`` to ``dst_stem`` + the copy's extension.
+
+    Never raises for a bad input: the Report carries the error. No copy is left behind unless
+    it passed verification.
+    """
+    report = Report(input=str(src))
+    dst: Path | None = None
+    try:
+        check_size(src, limits)
+        fmt = formats.identify(src)
+        report.kind, report.input_format, report.format = fmt.kind, fmt.name, fmt.name
+        report.found = fmt.locate(src, limits)
+        tmp = dst_stem.with_name(dst_stem.name + ".partial")
+        rebuilt: Rebuilt = fmt.rebuild(src, tmp, limits)
+        dst = dst_stem.with_name(dst_stem.name + rebuilt.extension)
+        verify_copy(tmp, rebuilt)
+        os.replace(tmp, dst)
+        report.status, report.format, report.media_type = "sanitized", rebuilt.format, rebuilt.media_type
+        report.output, report.removed = str(dst), rebuilt.removed
+    except SanitizeError as e:
+        report.status, report.error = e.status, e
+    except Exception as e:  # noqa: BLE001 - a bug must not kill the batch or publish anything
+        log.exception("internal error sanitizing %s", src)
+        report.status, report.error = "failed", SanitizeError("internal", f"{type(e).__name__}: {e}")
+    finally:
+        partial = dst_stem.with_name(dst_stem.name + ".partial")
+        if partial.exists():
+            partial.unlink()
+    return report
