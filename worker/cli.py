@@ -53,6 +53,80 @@ def sanitize(
     raise typer.Exit(0 if all_ok else 1)
 
 
+@app.command()
+def enqueue(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    complaint: str = typer.Option(..., "--complaint", help="The complaint the file is attached to."),
+    agency: Optional[str] = typer.Option(None, "--agency", help="Routing code, e.g. DSNY."),
+    channel: str = typer.Option("mobile_app", "--channel", help="mobile_app, 311_online or social."),
+) -> None:
+    """Put a file in the incoming store, write its job row, enqueue it; print the upload id."""
+    from worker.intake import enqueue_file
+    from worker.services import get_services
+
+    upload_id = enqueue_file(path, services=get_services(), complaint_id=complaint, channel=channel, agency=agency)
+    typer.echo(upload_id)
+
+
+@app.command()
+def worker(
+    concurrency: int = typer.Option(2, "--concurrency", "-c", help="Worker processes."),
+    beat: bool = typer.Option(True, "--beat/--no-beat", help="Also run the sweeper's schedule in this worker."),
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+) -> None:
+    """Run a Celery worker on the configured broker."""
+    from worker.app import QUEUE, app as celery_app
+    from worker.services import get_services
+
+    get_services()   # migrate the database before the first task
+    argv = ["worker", f"--loglevel={loglevel}", "-Q", QUEUE, f"--concurrency={concurrency}", "--without-gossip",
+            "--without-mingle"]
+    if beat:
+        argv += ["-B", "--schedule", str(_settings().resolved_data_dir() / "beat-schedule")]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def status(
+    upload_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The job and its variants (never its location)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.intake import job_status
+    from worker.services import get_services
+
+    info = job_status(services=get_services(), upload_id=upload_id)
+    if info is None:
+        typer.echo(f"no upload {upload_id}", err=True)
+        raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    console = Console()
+    console.print(f"upload [bold]{info['upload_id']}[/] complaint {info['complaint_id']}: "
+                  f"[bold]{info['state']}[/] after {info['attempts']} attempt(s)")
+    if info["error"]:
+        console.print(f"  error {info['error']['code']}: {info['error']['message']}")
+    table = Table("variant", "key", "bytes", "sha256", "tags")
+    for v in info["variants"]:
+        table.add_row(v["variant"], v["key"], str(v["bytes"]), v["sha256"][:16] + "…",
+                      ", ".join(f"{k}={val}" for k, val in sorted(v["tags"].items())))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the worker."),
+) -> None:
+    """The whole flow on the embedded default, on phone-like files it makes."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(run_demo(settings=_settings(), timeout_s=timeout))
+
+
 def _unique_stem(path: Path, used: set[str]) -> str:
     """The copy is named after the input's stem; clashes get a counter, inputs are never overwritten."""
     stem, n = path.stem or "media", 1

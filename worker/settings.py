@@ -30,6 +30,29 @@ class Settings(BaseSettings):
     tool_timeout_s: float = 300.0
     tool_memory_bytes: int = 2 * 1024**3
 
+    # retention (policy principle 4): originals and locations carry retain_until; a purge deletes them
+    retain_original_days: int = 365
+    retain_audio_original_days: int = 14     # voice notes: policy 4.3
+    retain_location_days: int = 365
+
+    # reliability
+    lease_s: int = 30 * 60                   # a claim lasts longer than the hard time limit
+    task_soft_time_limit_s: int = 15 * 60
+    task_time_limit_s: int = 20 * 60
+    task_max_retries: int = 5
+    worker_max_tasks_per_child: int = 200
+    sweep_interval_s: int = 60
+    stale_received_s: int = 10 * 60         # a received job untouched this long may have lost its message
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir() / 'mediasan.sqlite3'}"
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
     def limits(self) -> Limits:
         return Limits(max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_frames=self.max_frames,
                       max_duration_s=self.max_duration_s, max_streams=self.max_streams,

@@ -1,0 +1,1 @@
+"""Thin Celery tasks: each takes ids, declares its delivery guarantees and calls the domain."""

@@ -1,0 +1,35 @@
+"""tasks.sweep: republish jobs whose worker died or whose message was lost. An upload is never lost."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from worker import records
+from worker.app import app
+from worker.messages import UploadMessage
+from worker.services import get_services
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="tasks.sweep", acks_late=True, ignore_result=True)
+def sweep() -> int:
+    services = get_services()
+    cutoff = records.utcnow() - timedelta(seconds=services.settings.stale_received_s)
+    with services.sessions() as session:
+        jobs = records.stale_jobs(session, received_before=cutoff)
+        for job in jobs:
+            job.updated_at = records.utcnow()   # one republish per stale period, not one per sweep
+        session.commit()
+        messages = [message_for(job) for job in jobs]
+    for msg in messages:
+        app.send_task("tasks.sanitize_upload", kwargs=msg.as_kwargs())
+    if messages:
+        log.info("sweep republished %d jobs", len(messages))
+    return len(messages)
+
+
+def message_for(job: records.Job) -> UploadMessage:
+    return UploadMessage(upload_id=job.upload_id, complaint_id=job.complaint_id, channel=job.channel,
+                         source_key=job.source_key, filename=job.filename, content_type=job.content_type,
+                         agency=job.agency, received_at=job.received_at)

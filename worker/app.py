@@ -1,0 +1,58 @@
+"""The Celery app and its reliability settings (DESIGN.md, "Reliability").
+
+At-least-once delivery with idempotent effects: late acks, requeue when a worker dies, one message
+prefetched at a time, JSON only, time limits below the broker's redelivery timeout, recycled children.
+The job row is the record of an upload; the sweeper republishes what a lost message left behind.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+QUEUE = "mediasan"
+
+
+def filesystem_transport_options(settings: Settings) -> dict:
+    """kombu's filesystem broker under the data folder; processed messages are kept for inspection."""
+    root = settings.resolved_data_dir() / "broker"
+    queue, processed = root / "queue", root / "processed"
+    for folder in (queue, processed):
+        folder.mkdir(parents=True, exist_ok=True)
+    return {"data_folder_in": str(queue), "data_folder_out": str(queue),
+            "processed_folder": str(processed), "store_processed": True}
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    broker = settings.resolved_broker_url()
+    app = Celery("mediasan", broker=broker, include=["tasks.sanitize", "tasks.sweep"])
+    transport_options: dict = {}
+    if broker.startswith("filesystem"):
+        transport_options = filesystem_transport_options(settings)
+    elif broker.startswith(("redis", "rediss", "sqs")):
+        # redelivery of an unacked message happens only after this; keep it above the hard limit
+        transport_options = {"visibility_timeout": settings.task_time_limit_s * 3}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        task_default_queue=QUEUE,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={"sweep": {"task": "tasks.sweep", "schedule": float(settings.sweep_interval_s)}},
+        timezone="UTC",
+    )
+    return app
+
+
+app = create_app()
