@@ -164,6 +164,26 @@ def _found_in_gps(gps: dict, source: str, captured_at: str | None) -> Found:
     return found_from(lat, lon, alt=alt, accuracy=accuracy, source=source, captured_at=captured_at)
 
 
+def describe_exif(blob: bytes) -> str:
+    """What an EXIF blob holds, for the ``removed`` list: "GPS, 42 tags, maker note, thumbnail"."""
+    try:
+        exif = _load(blob)
+    except Exception:  # noqa: BLE001
+        return "unreadable"
+
+    def ifd(tag: int) -> dict:
+        try:
+            return dict(exif.get_ifd(tag))
+        except Exception:  # noqa: BLE001 - a broken sub-IFD is still removed; it just is not counted
+            return {}
+
+    sub, gps = ifd(TAG_EXIF_IFD), ifd(TAG_GPS_IFD)
+    tags = len([t for t in exif if t not in (TAG_EXIF_IFD, TAG_GPS_IFD)]) + len(sub) + len(gps)
+    parts = (["GPS"] if gps else []) + [f"{tags} tags"] + (["maker note"] if 0x927C in sub else []) \
+        + (["thumbnail"] if ifd(-1) else [])
+    return ", ".join(parts)
+
+
 def orientation_of(blob: bytes) -> int:
     """IFD0 Orientation (1..8); 1 when absent, unreadable or out of range."""
     try:
@@ -222,5 +242,5 @@ def orientation_only_findings(blob: bytes) -> list[str]:
     return findings
 
 
-__all__ = ["locate_in_exif", "orientation_of", "orientation_only_exif", "orientation_only_findings",
+__all__ = ["locate_in_exif", "describe_exif", "orientation_of", "orientation_only_exif", "orientation_only_findings",
            "iso_datetime", "tiff_body"]
