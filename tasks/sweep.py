@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from worker import records
 from worker.app import app
+from worker.intake import send_upload
 from worker.messages import UploadMessage
 from worker.services import get_services
 
@@ -23,7 +24,7 @@ def sweep() -> int:
         session.commit()
         messages = [message_for(job) for job in jobs]
     for msg in messages:
-        app.send_task("tasks.sanitize_upload", kwargs=msg.as_kwargs())
+        send_upload(services, msg)
     if messages:
         log.info("sweep republished %d jobs", len(messages))
     return len(messages)

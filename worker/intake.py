@@ -19,8 +19,6 @@ def incoming_key(upload_id: str) -> str:
 def enqueue_file(path: Path, *, services: Services, complaint_id: str, channel: str = "mobile_app",
                  agency: str | None = None, content_type: str | None = None, upload_id: str | None = None) -> str:
     """Accept one file for sanitizing; returns its upload id."""
-    from worker.app import app
-
     upload_id = upload_id or records.new_upload_id()
     msg = UploadMessage(upload_id=upload_id, complaint_id=complaint_id, channel=channel,
                         source_key=incoming_key(upload_id), filename=path.name[:255], content_type=content_type,
@@ -32,8 +30,12 @@ def enqueue_file(path: Path, *, services: Services, complaint_id: str, channel: 
                            source_key=msg.source_key, filename=msg.filename, content_type=content_type,
                            received_at=msg.received_at)
         session.commit()
-    app.send_task("tasks.sanitize_upload", kwargs=msg.as_kwargs())
+    send_upload(services, msg)
     return upload_id
+
+
+def send_upload(services: Services, msg: UploadMessage) -> None:
+    services.broker.send_task("tasks.sanitize_upload", kwargs=msg.as_kwargs())
 
 
 def job_status(*, services: Services, upload_id: str) -> dict | None:

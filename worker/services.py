@@ -1,9 +1,10 @@
-"""The process's connections, built once from Settings: the database and the store."""
+"""The process's connections, built once from Settings: the database, the store and the broker."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 
+from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +19,7 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     store: Store
+    broker: Celery     # a producer-side app on the configured broker; tasks are sent by name
 
 
 def build_services(settings: Settings) -> Services:
@@ -25,7 +27,9 @@ def build_services(settings: Settings) -> Services:
     engine = records.make_engine(settings.resolved_database_url())
     records.migrate(engine)
     store = open_store(settings.storage_url, settings.resolved_data_dir())
-    return Services(settings=settings, engine=engine, sessions=records.session_factory(engine), store=store)
+    from worker.app import create_app
+    return Services(settings=settings, engine=engine, sessions=records.session_factory(engine), store=store,
+                    broker=create_app(settings))
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,130 @@
+"""A real worker process, end to end: on the embedded default and on this machine's Redis and PostgreSQL."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from fixtures.jpeg import android_phone_jpeg
+from tests.readback import exiftool, sensitive_tags
+from tests.workerproc import (POSTGRES_URL, REDIS_URL, WorkerProcess, drop_postgres_schema, flush_redis,
+                              fresh_postgres_schema, require, wait_final)
+from worker import records
+from worker.intake import enqueue_file, send_upload
+from worker.messages import UploadMessage
+from worker.services import build_services
+from worker.settings import Settings
+
+
+@pytest.fixture(params=["embedded", "redis+postgresql"])
+def deployment(request, tmp_path):
+    """Settings for one deployment, a running worker on them, and the test's own Services."""
+    env = {"MEDIASAN_DATA_DIR": str(tmp_path / "data")}
+    cleanup = []
+    if request.param == "redis+postgresql":
+        require(REDIS_URL, 6379, "Redis")
+        require(POSTGRES_URL, 5432, "PostgreSQL")
+        flush_redis(REDIS_URL)
+        database_url = fresh_postgres_schema(POSTGRES_URL)
+        cleanup.append(lambda: drop_postgres_schema(database_url))
+        env.update(MEDIASAN_BROKER_URL=REDIS_URL, MEDIASAN_DATABASE_URL=database_url)
+    settings = Settings(_env_file=None, data_dir=Path(env["MEDIASAN_DATA_DIR"]),
+                        broker_url=env.get("MEDIASAN_BROKER_URL"), database_url=env.get("MEDIASAN_DATABASE_URL"))
+    services = build_services(settings)
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    yield request.param, services, worker
+    worker.stop()
+    services.engine.dispose()
+    for step in cleanup:
+        step()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_photo_goes_in_location_and_clean_copy_come_out(deployment, tmp_path):
+    name, services, worker = deployment
+    photo = tmp_path / "PXL_20261129.jpg"
+    lat, lon = android_phone_jpeg(photo)
+    upload_id = enqueue_file(photo, services=services, complaint_id="311-1001", agency="DSNY")
+
+    info = wait_final(services, upload_id, worker)
+    assert info["state"] == "done", info
+    assert info["error"] is None and info["attempts"] == 1
+
+    with services.sessions() as session:
+        rows = session.scalars(select(records.Location).where(records.Location.upload_id == upload_id)).all()
+        assert len(rows) == 1
+        assert rows[0].lat == pytest.approx(lat, abs=1e-6) and rows[0].lon == pytest.approx(lon, abs=1e-6)
+        assert rows[0].source == "exif" and rows[0].complaint_id == "311-1001"
+
+    variants = {v["variant"]: v for v in info["variants"]}
+    assert set(variants) == {"original", "sanitized"}
+    original, copy = variants["original"], variants["sanitized"]
+    assert original["key"] == f"restricted/{upload_id}/original.jpg"
+    assert original["tags"] == {"variant": "original", "access": "restricted", "complaint": "311-1001"}
+    assert copy["key"] == f"agency/{upload_id}/media.jpg"
+    assert copy["tags"] == {"variant": "sanitized", "access": "agency", "agency": "DSNY", "complaint": "311-1001"}
+
+    stored_original = tmp_path / "original.jpg"
+    services.store.get_file(original["key"], stored_original)
+    assert stored_original.read_bytes() == photo.read_bytes()
+    assert original["sha256"] == sha256(photo.read_bytes())
+    stored_copy = tmp_path / "copy.jpg"
+    services.store.get_file(copy["key"], stored_copy)
+    assert copy["sha256"] == sha256(stored_copy.read_bytes())
+    assert sensitive_tags(exiftool(stored_copy)) == []
+    # the incoming object is gone once the original is kept under restriction
+    assert services.store.head(f"incoming/{upload_id}/upload") is None
+
+
+def test_same_upload_enqueued_twice_changes_nothing(deployment, tmp_path):
+    name, services, worker = deployment
+    photo = tmp_path / "IMG_1.jpg"
+    android_phone_jpeg(photo)
+    upload_id = enqueue_file(photo, services=services, complaint_id="311-1002", agency="NYPD")
+    first = wait_final(services, upload_id, worker)
+    assert first["state"] == "done"
+
+    repeat = UploadMessage(upload_id=upload_id, complaint_id="311-1002", channel="mobile_app",
+                           source_key=f"incoming/{upload_id}/upload", agency="NYPD",
+                           received_at="2026-11-29T10:00:00Z")
+    send_upload(services, repeat)
+    send_upload(services, repeat)
+    # a later upload proves the worker went through the repeats before it
+    marker = tmp_path / "marker.jpg"
+    android_phone_jpeg(marker)
+    wait_final(services, enqueue_file(marker, services=services, complaint_id="311-1003"), worker)
+
+    again = wait_final(services, upload_id, worker)
+    assert again == first
+    with services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(records.Location)
+                              .where(records.Location.upload_id == upload_id)) == 1
+        assert session.scalar(select(func.count()).select_from(records.Variant)
+                              .where(records.Variant.upload_id == upload_id)) == 2
+
+
+@pytest.mark.parametrize("content, code", [
+    (b"", "empty"),
+    (b"<html><body>not a photo</body></html>", "unsupported_format"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xdb\x00\x43\x00", "truncated"),
+])
+def test_bad_input_is_rejected_and_the_worker_goes_on(deployment, tmp_path, content, code):
+    name, services, worker = deployment
+    bad = tmp_path / "IMG_9999.jpg"   # the name says JPEG; the content decides
+    bad.write_bytes(content)
+    upload_id = enqueue_file(bad, services=services, complaint_id="311-2001", agency="DOT",
+                             content_type="image/jpeg")
+    info = wait_final(services, upload_id, worker)
+    assert info["state"] == "rejected"
+    assert info["error"]["code"] == code and info["error"]["message"]
+    assert [v["variant"] for v in info["variants"]] == ["original"]   # kept under restriction, no agency copy
+
+    good = tmp_path / "good.jpg"
+    android_phone_jpeg(good)
+    assert wait_final(services, enqueue_file(good, services=services, complaint_id="311-2002"), worker)["state"] == "done"

@@ -1,0 +1,109 @@
+"""A real `mediasan worker` process for tests, on whatever broker, database and store the env names."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from worker import records
+from worker.intake import job_status
+
+REQUIRE_SERVICES = os.environ.get("MEDIASAN_REQUIRE_SERVICES") == "1"
+REDIS_URL = os.environ.get("MEDIASAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get("MEDIASAN_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require(url: str, default_port: int, what: str) -> None:
+    """Skip when a service is missing on a developer's machine; fail in CI, where it must be there."""
+    if reachable(url, default_port):
+        return
+    message = f"{what} is not reachable at {url}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " and MEDIASAN_REQUIRE_SERVICES=1 makes it required")
+    pytest.skip(message)
+
+
+def fresh_postgres_schema(url: str) -> str:
+    """A database URL whose search_path is a new, empty schema: each test run gets its own tables."""
+    import sqlalchemy as sa
+
+    schema = f"mediasan_test_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+def drop_postgres_schema(url: str) -> None:
+    import sqlalchemy as sa
+
+    schema = url.rsplit("%3D", 1)[1]
+    base = url.split("?options=")[0].split("&options=")[0]
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+class WorkerProcess:
+    """`python -m worker.cli worker` in a subprocess with the given MEDIASAN_* environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env = dict(os.environ, **env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--concurrency", "1",
+                                      "--no-beat", "--loglevel", "INFO"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def wait_final(services, upload_id: str, worker: WorkerProcess, timeout_s: float = 90) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = job_status(services=services, upload_id=upload_id)
+        if info and info["state"] in records.FINAL_STATES:
+            return info
+        if worker.proc and worker.proc.poll() is not None:
+            pytest.fail(f"the worker exited with {worker.proc.returncode}:\n{worker.log()}")
+        time.sleep(0.25)
+    pytest.fail(f"upload {upload_id} not final after {timeout_s} s: {info}\nworker log:\n{worker.log()}")
