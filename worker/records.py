@@ -257,3 +257,15 @@ def upsert_variant(session: Session, *, upload_id: str, variant: str, key: str, 
 
 def variants_of(session: Session, upload_id: str) -> list[Variant]:
     return list(session.scalars(select(Variant).where(Variant.upload_id == upload_id).order_by(Variant.variant)))
+
+
+# --- audit: one row for every restricted read, every denial, every purge ------------------------
+
+def record_audit(session: Session, *, actor: str, role: str, action: str, outcome: str,
+                 upload_id: str | None = None, complaint_id: str | None = None, purpose: str | None = None,
+                 detail: str | None = None) -> AuditEvent:
+    """Add one audit row to the caller's transaction (it commits with the action it records)."""
+    row = AuditEvent(at=utcnow(), actor=actor, role=role, action=action, outcome=outcome, upload_id=upload_id,
+                     complaint_id=complaint_id, purpose=purpose, detail=detail)
+    session.add(row)
+    return row
