@@ -58,7 +58,7 @@ def _load(blob: bytes):
         raise ValueError(f"{len(body)} bytes of EXIF is over the limit")
     exif = Image.Exif()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # Pillow warns on corrupt EXIF; we note it instead
+        warnings.simplefilter("ignore")
         exif.load(body)
     return exif
 
@@ -130,6 +130,12 @@ def _captured_at(exif) -> str | None:
 
 def locate_in_exif(blob: bytes, source: str = "exif") -> Found:
     """The GPS fix and capture time in one EXIF blob. Never raises: junk gives notes, not a fix."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # Pillow warns on corrupt EXIF; we note it instead
+        return _locate(blob, source)
+
+
+def _locate(blob: bytes, source: str) -> Found:
     try:
         exif = _load(blob)
     except Exception as e:  # noqa: BLE001 - any parser failure is a note, never an error
@@ -158,7 +164,10 @@ def _found_in_gps(gps: dict, source: str, captured_at: str | None) -> Found:
     if lat is None or lon is None:
         return Found(captured_at=captured_at, notes=(f"{source}: GPS latitude or longitude is a junk rational",))
     alt = _number(gps.get(GPS_ALTITUDE)) if GPS_ALTITUDE in gps else None
-    if alt and _number(gps.get(GPS_ALTITUDE_REF)) == 1:
+    ref = gps.get(GPS_ALTITUDE_REF)
+    if isinstance(ref, bytes):   # Pillow hands BYTE values over as bytes
+        ref = ref[0] if ref else None
+    if alt and _number(ref) == 1:
         alt = -alt   # ref 1: below sea level
     accuracy = _number(gps.get(GPS_H_POSITIONING_ERROR)) if GPS_H_POSITIONING_ERROR in gps else None
     return found_from(lat, lon, alt=alt, accuracy=accuracy, source=source, captured_at=captured_at)
@@ -166,6 +175,12 @@ def _found_in_gps(gps: dict, source: str, captured_at: str | None) -> Found:
 
 def describe_exif(blob: bytes) -> str:
     """What an EXIF blob holds, for the ``removed`` list: "GPS, 42 tags, maker note, thumbnail"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _describe(blob)
+
+
+def _describe(blob: bytes) -> str:
     try:
         exif = _load(blob)
     except Exception:  # noqa: BLE001
