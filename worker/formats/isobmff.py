@@ -1,0 +1,144 @@
+"""Video and audio in ISO-BMFF / QuickTime containers: MOV, MP4, M4V, 3GP, 3G2 and M4A/M4B/3GA.
+
+HEIC/AVIF images share the container and belong to ``heif``: only the brands below are ours.
+Identification looks at the ``ftyp`` brand and, when the ``moov`` sits inside the head, at the
+track handlers: an MP4 with no ``vide`` track is audio whatever its brand says.
+
+The agency copy is an ffmpeg stream copy (``av_rebuild``); the verifier's walk is ``av_inspect``.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from functools import partial
+
+from worker.errors import SanitizeError
+from worker.formats.av_inspect import inspect_copy
+from worker.formats.av_rebuild import rebuild_with
+from worker.formats.base import Format
+from worker.formats.boxes import iter_boxes, walk
+from worker.formats.mp4_location import locate
+
+# brands of still images (the heif module's) and other non-AV ISO-BMFF files: never ours
+IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
+                          b"mif2", b"msf1", b"avif", b"avis", b"avio", b"jpeg", b"jpgs", b"crx ", b"jp2 ",
+                          b"jpx ", b"jpm ", b"mjp2", b"mj2s", b"heif", b"miaf", b"vvic"})
+QUICKTIME_BRANDS = frozenset({b"qt  "})
+AUDIO_BRANDS = frozenset({b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "})
+MP4_BRANDS = frozenset({b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9",
+                        b"mp41", b"mp42", b"mp71", b"avc1", b"M4V ", b"M4VH", b"M4VP", b"MSNV", b"dash",
+                        b"f4v ", b"f4p ", b"mmp4", b"mp4v", b"XAVC", b"NDAS", b"ndas", b"caqv", b"CAEP"}) | AUDIO_BRANDS
+THREE_GPP2_BRANDS = frozenset({b"kddi", b"KDDI"})     # KDDI's 3GPP2 phones
+# QuickTime movies from before ftyp start straight with one of these atoms
+QUICKTIME_FIRST_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+
+
+def _family(head: bytes) -> str | None:
+    """'mov', 'mp4', '3gp' or '3g2' from the first box, or None when the content is not ours."""
+    if len(head) < 12:
+        return None
+    size, kind = struct.unpack(">I4s", head[:8])
+    if kind != b"ftyp":
+        if kind in QUICKTIME_FIRST_ATOMS and (size in (0, 1) or size >= 8):
+            return "mov" if _has_quicktime_atoms(head) else None
+        return None
+    major = head[8:12]
+    compatible = {head[i:i + 4] for i in range(16, min(size, len(head), 256) - 3, 4)}
+    if major in IMAGE_BRANDS:
+        return None
+    if major.startswith(b"3g2") or major in THREE_GPP2_BRANDS:
+        return "3g2"
+    if major.startswith((b"3gp", b"3ge", b"3gs", b"3gr", b"3gt", b"3gh", b"3gm")):
+        return "3gp"
+    if major in QUICKTIME_BRANDS:
+        return "mov"
+    if major in MP4_BRANDS:
+        return "mp4"
+    # an unknown major brand is ours only if it declares a video/audio brand and no image brand
+    if compatible & IMAGE_BRANDS:
+        return None
+    if compatible & MP4_BRANDS:
+        return "mp4"
+    if compatible & QUICKTIME_BRANDS:
+        return "mov"
+    return None
+
+
+def _has_quicktime_atoms(head: bytes) -> bool:
+    """A brandless file is a QuickTime movie when its top-level atoms (those inside the head) are
+    all QuickTime's; a long ``free`` or ``mdat`` atom may hide the rest beyond the head."""
+    f = io.BytesIO(head)
+    try:
+        for box in iter_boxes(f, 0, 1 << 62):
+            if box.type not in QUICKTIME_FIRST_ATOMS | {b"ftyp", b"uuid", b"junk"}:
+                return False
+            if box.end >= len(head):
+                break
+    except SanitizeError:
+        pass
+    return True
+
+
+def _has_video_track(head: bytes) -> bool | None:
+    """True/False when the whole moov is in the head (a vide handler or not); None when it is not."""
+    f = io.BytesIO(head)
+    try:
+        for box in iter_boxes(f, 0, 1 << 62):
+            if box.end > len(head):
+                return None
+            if box.type != b"moov":
+                continue
+            for path, inner in walk(f, box.payload_start, box.end, descend_meta=False):
+                if inner.type == b"hdlr" and path[-1:] == (b"mdia",):
+                    f.seek(inner.payload_start + 8)
+                    if f.read(4) == b"vide":
+                        return True
+            return False
+    except SanitizeError:
+        return None
+    return None
+
+
+def _brand_is_audio(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" and head[8:12] in AUDIO_BRANDS
+
+
+def classify(head: bytes) -> str | None:
+    """The Format name this head belongs to, or None."""
+    family = _family(head)
+    if family is None:
+        return None
+    video = _has_video_track(head)
+    audio_only = (video is False) or (video is None and _brand_is_audio(head))
+    if family == "mov":
+        return "mov"      # QuickTime audio-only movies are rare; remuxed as they are
+    if family in ("3gp", "3g2"):
+        return "3ga" if audio_only else family
+    return "m4a" if audio_only else "mp4"
+
+
+def _accepts(name: str, head: bytes) -> bool:
+    return classify(head) == name
+
+
+# copy containers, in order of preference (the next is tried when a muxer refuses a codec)
+TARGETS = {"mp4": ("mp4", "mov"), "mov": ("mp4", "mov"), "3gp": ("3gp", "mp4", "mov"),
+           "3g2": ("3g2", "mp4", "mov"), "m4a": ("m4a", "mov"), "3ga": ("3ga", "m4a", "mov")}
+MEDIA_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "3gp": "video/3gpp", "3g2": "video/3gpp2",
+               "m4a": "audio/mp4", "3ga": "audio/3gpp"}
+
+
+def _format(name: str, kind: str, extensions: tuple[str, ...]) -> Format:
+    return Format(name=name, kind=kind, media_type=MEDIA_TYPES[name], accept=partial(_accepts, name),
+                  locate=locate, rebuild=partial(rebuild_with, TARGETS[name]), inspect=inspect_copy,
+                  extensions=extensions)
+
+
+FORMATS = [
+    _format("mov", "video", (".mov", ".qt")),
+    _format("mp4", "video", (".mp4", ".m4v")),
+    _format("3gp", "video", (".3gp",)),
+    _format("3g2", "video", (".3g2",)),
+    _format("m4a", "audio", (".m4a", ".m4b", ".aac")),
+    _format("3ga", "audio", (".3ga",)),
+]

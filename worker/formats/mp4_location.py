@@ -1,0 +1,197 @@
+"""Where an ISO-BMFF / QuickTime file keeps its place and time, read with the bounded box walker.
+
+Sources, each recorded on the Fix:
+- ``quicktime``: the ``©xyz`` atom (ISO 6709 text behind a 2-byte length and a 2-byte language)
+  in ``udta``, or the same key as an iTunes-style ``ilst`` item;
+- ``mdta``: Apple's ``moov/meta`` with ``keys`` + ``ilst``: ``com.apple.quicktime.location.ISO6709``,
+  ``...location.accuracy.horizontal`` and ``...creationdate``;
+- ``3gpp``: the ``loci`` box (16.16 fixed-point longitude, latitude, altitude).
+Capture time: Apple's creationdate (it carries the local offset), else ``mvhd`` creation_time.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+from worker.errors import corrupt
+from worker.formats.base import Limits
+from worker.formats.boxes import Box, file_size, header_times, mac_epoch_iso, read_payload, walk
+from worker.location import Found, NoFix, choose, found_from, parse_iso6709
+
+MAX_META_BOX = 1 << 20          # metadata boxes are small; a huge one is not read
+XYZ = b"\xa9xyz"
+KEY_LOCATION = "com.apple.quicktime.location.ISO6709"
+KEY_ACCURACY = "com.apple.quicktime.location.accuracy.horizontal"
+KEY_CREATION = "com.apple.quicktime.creationdate"
+
+
+def udta_xyz_text(payload: bytes) -> str:
+    """The string of a QuickTime international text atom: u16 length, u16 language, text."""
+    if len(payload) < 4:
+        raise NoFix("quicktime: ©xyz shorter than its header")
+    length = struct.unpack(">H", payload[:2])[0]
+    if length > len(payload) - 4:
+        raise NoFix("quicktime: ©xyz text length runs past the atom")
+    return payload[4:4 + length].decode("utf-8", "replace")
+
+
+def data_atom_value(payload: bytes):
+    """The value of an ilst ``data`` atom: text, a big-endian number, or raw bytes."""
+    if len(payload) < 8:
+        return None
+    type_code = int.from_bytes(payload[1:4], "big")
+    body = payload[8:]
+    if type_code in (1, 4, 5):         # UTF-8, UTF-8 sort, UTF-16
+        return body.decode("utf-16-be" if type_code == 5 else "utf-8", "replace").rstrip("\0")
+    if type_code == 23 and len(body) == 4:
+        return struct.unpack(">f", body)[0]
+    if type_code == 24 and len(body) == 8:
+        return struct.unpack(">d", body)[0]
+    if type_code in (21, 22) and 0 < len(body) <= 8:
+        return int.from_bytes(body, "big", signed=type_code == 21)
+    return body
+
+
+def parse_keys(payload: bytes) -> list[str]:
+    """Names of Apple's ``keys`` box, in order (an ilst item's type is a 1-based index into them)."""
+    if len(payload) < 8:
+        raise corrupt("keys box shorter than its header")
+    count = struct.unpack(">I", payload[4:8])[0]
+    names, pos = [], 8
+    for _ in range(count):
+        if len(payload) - pos < 8:
+            raise corrupt("keys box lists more entries than it holds")
+        size = struct.unpack(">I", payload[pos:pos + 4])[0]
+        if size < 8 or size > len(payload) - pos:
+            raise corrupt(f"keys entry of {size} bytes runs past the box")
+        names.append(payload[pos + 8:pos + size].decode("utf-8", "replace"))
+        pos += size
+    return names
+
+
+def _cstring(data: bytes, pos: int) -> int:
+    """Position just past a NUL-terminated string (UTF-8, or UTF-16 with a BOM) starting at ``pos``."""
+    if data[pos:pos + 2] in (b"\xfe\xff", b"\xff\xfe"):
+        i = pos + 2
+        while i + 1 < len(data):
+            if data[i:i + 2] == b"\0\0":
+                return i + 2
+            i += 2
+        raise NoFix("3gpp: loci name not terminated")
+    end = data.find(b"\0", pos)
+    if end < 0:
+        raise NoFix("3gpp: loci name not terminated")
+    return end + 1
+
+
+def parse_loci(payload: bytes) -> tuple[float, float, float]:
+    """(lat, lon, alt) of a 3GPP ``loci`` box: version/flags, language, name, role, lon, lat, alt."""
+    if len(payload) < 6:
+        raise NoFix("3gpp: loci shorter than its header")
+    pos = _cstring(payload, 6) + 1                  # name, then the one-byte role
+    if len(payload) - pos < 12:
+        raise NoFix("3gpp: loci ends before its coordinates")
+    lon, lat, alt = struct.unpack_from(">iii", payload, pos)
+    return lat / 65536.0, lon / 65536.0, alt / 65536.0
+
+
+def _iso6709_found(text: str, source: str, accuracy=None) -> Found:
+    try:
+        lat, lon, alt = parse_iso6709(text)
+    except NoFix as e:
+        return Found(notes=(f"{source}: {e}",))
+    return found_from(lat, lon, alt=alt, accuracy=accuracy, source=source)
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _normalise_apple_date(text: str) -> str | None:
+    """Apple writes ``2023-09-22T18:34:05+0200``; keep it as ISO 8601 with a colon in the offset."""
+    import datetime as dt
+
+    text = (text or "").strip()
+    for pattern in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return dt.datetime.strptime(text, pattern).isoformat()
+        except ValueError:
+            continue
+    return None
+
+
+def _apple_mdta(f: BinaryIO, meta_boxes: dict[bytes, Box]) -> tuple[dict[str, object], list[str]]:
+    """Apple's keyed metadata of one ``meta`` box: {key name: value}."""
+    keys = parse_keys(read_payload(f, meta_boxes[b"keys"], MAX_META_BOX))
+    values: dict[str, object] = {}
+    notes: list[str] = []
+    for index, data_box in meta_boxes.get("items", []):
+        if not 1 <= index <= len(keys):
+            notes.append(f"mdta: ilst item {index} has no key")
+            continue
+        values.setdefault(keys[index - 1], data_atom_value(read_payload(f, data_box, MAX_META_BOX)))
+    return values, notes
+
+
+def read_location(f: BinaryIO) -> Found:
+    """Every fix and capture time in an open ISO-BMFF file, chosen by source preference."""
+    size = file_size(f)
+    readings: list[Found] = []
+    notes: list[str] = []
+    mvhd_time: str | None = None
+    apple_time: str | None = None
+    metas: dict[int, dict] = {}      # meta box start -> {"keys": Box, "items": [(index, data Box)]}
+    current_meta: int | None = None
+    for path, box in walk(f, 0, size):
+        parent = path[-1] if path else b""
+        if box.type == b"meta":
+            current_meta = box.start
+            metas[box.start] = {"items": []}
+        elif box.type == b"keys" and parent == b"meta" and current_meta is not None:
+            metas[current_meta][b"keys"] = box
+        elif box.type == b"data" and len(path) >= 2 and path[-2] == b"ilst":
+            item = path[-1]
+            if item == XYZ:
+                value = data_atom_value(read_payload(f, box, MAX_META_BOX))
+                if isinstance(value, str):
+                    readings.append(_iso6709_found(value, "quicktime"))
+            elif b"meta" in path and current_meta is not None:
+                metas[current_meta]["items"].append((int.from_bytes(item, "big"), box))
+        elif box.type == XYZ and parent == b"udta":
+            try:
+                readings.append(_iso6709_found(udta_xyz_text(read_payload(f, box, MAX_META_BOX)), "quicktime"))
+            except NoFix as e:
+                notes.append(str(e))
+        elif box.type == b"loci":
+            try:
+                lat, lon, alt = parse_loci(read_payload(f, box, MAX_META_BOX))
+                readings.append(found_from(lat, lon, alt=alt, source="3gpp"))
+            except NoFix as e:
+                notes.append(str(e))
+        elif box.type == b"mvhd" and parent == b"moov":
+            created, _ = header_times(read_payload(f, box, 4096))
+            mvhd_time = mac_epoch_iso(created)
+    keyed: list[Found] = []
+    for meta in metas.values():
+        if b"keys" not in meta:
+            continue
+        values, more = _apple_mdta(f, meta)
+        notes += more
+        text = values.get(KEY_LOCATION)
+        if isinstance(text, str):
+            keyed.append(_iso6709_found(text, "mdta", accuracy=_number(values.get(KEY_ACCURACY))))
+        created = values.get(KEY_CREATION)
+        if isinstance(created, str) and apple_time is None:
+            apple_time = _normalise_apple_date(created)
+    # same rank: the first wins, and Apple's keyed entry carries accuracy and altitude
+    result = choose(keyed + readings)
+    return Found(fix=result.fix, captured_at=apple_time or mvhd_time, notes=tuple(notes) + result.notes)
+
+
+def locate(path: Path, limits: Limits) -> Found:
+    with open(path, "rb") as f:
+        return read_location(f)
