@@ -1,0 +1,89 @@
+"""The verifier's second and third readers for audio copies: mutagen and ffprobe.
+
+Each audio module walks its own structure in ``inspect``; these two checks are the same for every
+audio family and come from code that did not write the copy. They return findings (empty when the
+copy is clean), never raise for a dirty copy, and report an unreadable copy as a finding too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker.errors import SanitizeError
+from worker.formats.base import Limits
+
+# ffprobe stream fields that name a codec or its parameters, not a person, place, device or time.
+# Tags (``tags`` dicts) are a different matter: none is allowed, not even ``encoder``, which names
+# the software that wrote the file.
+ALLOWED_FORMAT_TAGS: frozenset[str] = frozenset()
+ALLOWED_STREAM_TAGS: frozenset[str] = frozenset()
+# what an inspection may spend: a copy is at most what the input was
+INSPECT_LIMITS = Limits()
+
+
+def mutagen_findings(path: Path, file_type: type) -> list[str]:
+    """What mutagen (the tag library most players share) still finds in the copy: tags, pictures.
+
+    ``file_type`` is the mutagen class of the copy's format (e.g. ``mutagen.mp3.MP3``): the copy is
+    written under a temporary name, so mutagen's own guess from the file name cannot be relied on.
+    """
+    try:
+        audio = file_type(path)
+    except Exception as e:  # noqa: BLE001 - any mutagen failure means the copy is not a clean file of its kind
+        return [f"mutagen cannot read the copy: {type(e).__name__}: {e}"]
+    findings: list[str] = []
+    tags = audio.tags
+    if tags is not None:
+        keys = list(tags.keys())
+        if keys:
+            findings.append(f"mutagen finds tags {sorted(map(str, keys))[:10]}")
+        vendor = getattr(tags, "vendor", "")
+        if vendor:
+            findings.append(f"Vorbis comment vendor string {vendor!r}")
+    if getattr(audio, "pictures", None):
+        findings.append(f"mutagen finds {len(audio.pictures)} embedded picture(s)")
+    return findings
+
+
+def ffprobe_findings(path: Path, *, codec_type: str = "audio", header_frame: bytes = b"") -> list[str]:
+    """What ffprobe (ffmpeg's demuxers, a separate code base) still finds: tags, extra streams, chapters.
+
+    ``header_frame``: an MP3's Xing/Info header frame, kept for gapless playback. ffmpeg reports the
+    encoder version from its LAME tag as a stream ``encoder`` tag; that one value is allowed when it
+    is verbatim in the header frame, since it is part of the audio stream, not a tag container.
+    """
+    from worker.tools import ffprobe
+
+    try:
+        probe = ffprobe(path, INSPECT_LIMITS)
+    except SanitizeError as e:
+        return [f"ffprobe cannot read the copy: {e.message}"]
+    findings: list[str] = []
+    fmt_tags = set((probe.get("format") or {}).get("tags") or {}) - ALLOWED_FORMAT_TAGS
+    if fmt_tags:
+        findings.append(f"ffprobe finds container tags {sorted(fmt_tags)}")
+    streams = probe.get("streams") or []
+    if len(streams) != 1:
+        findings.append(f"ffprobe finds {len(streams)} streams, expected one {codec_type} stream")
+    for stream in streams:
+        index = stream.get("index")
+        if stream.get("codec_type") != codec_type:
+            findings.append(f"ffprobe stream {index} is {stream.get('codec_type')}, not {codec_type}")
+        if (stream.get("disposition") or {}).get("attached_pic"):
+            findings.append(f"ffprobe stream {index} is an attached picture")
+        tags = dict(stream.get("tags") or {})
+        encoder = tags.get("encoder", "")
+        if header_frame and encoder and encoder.encode("latin-1", "replace") in header_frame:
+            del tags["encoder"]
+        extra = set(tags) - ALLOWED_STREAM_TAGS
+        if extra:
+            findings.append(f"ffprobe finds tags {sorted(extra)} on stream {index}")
+    if probe.get("chapters"):
+        findings.append(f"ffprobe finds {len(probe['chapters'])} chapters")
+    return findings
+
+
+def reader_findings(path: Path, file_type: type | None, *, header_frame: bytes = b"") -> list[str]:
+    """Both independent readers, as every audio module's ``inspect`` ends (mutagen only where it
+    knows the format: it has no AMR reader)."""
+    findings = mutagen_findings(path, file_type) if file_type is not None else []
+    return findings + ffprobe_findings(path, header_frame=header_frame)
