@@ -99,7 +99,7 @@ def walk(data: bytes) -> Walk:
             segments.append(Segment(marker, pos, pos + 2, b""))
             pos += 2
             continue
-        if marker in (0x00, SOI):
+        if marker < 0xC0 or marker == SOI:   # 0x02..0xBF are reserved: a lying or damaged file
             raise corrupt(f"invalid JPEG marker FF{marker:02X} at offset {pos}")
         if pos + 4 > len(data):
             raise truncated("the JPEG ends inside a segment header")

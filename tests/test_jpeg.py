@@ -1,0 +1,235 @@
+"""JPEG end to end: fixtures and the real-device corpus through sanitize_file, read back with
+Pillow and ExifTool; the walker's rejections; the verifier catching planted metadata."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from fixtures import jpeg as fx
+from tests.conftest import CORPUS, corpus_params, expected_fix
+from tests.readback import exiftool, sensitive_tags
+from worker.errors import SanitizeError
+from worker.formats import jpeg
+from worker.formats.base import Limits, Rebuilt
+from worker.sanitizer import sanitize_file
+from worker.verify import verify_copy
+
+LIMITS = Limits()
+JPEG_ROWS = corpus_params("image", ("image/jpeg",))
+
+
+def pixels(path: Path) -> tuple[tuple[int, int], bytes]:
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im.size, im.convert("RGBA").tobytes()
+
+
+def icc_of(path: Path) -> bytes | None:
+    with Image.open(path) as im:
+        return im.info.get("icc_profile")
+
+
+def scans(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    return [data[s.start:s.end] for s in jpeg.walk(data).segments if s.marker in (jpeg.SOS, *jpeg.SOF_MARKERS)]
+
+
+def leaks(path: Path) -> list[str]:
+    """ExifTool's sensitive tags in the copy; the ICC profile is kept by design, so its
+    description and copyright strings are not leaks."""
+    return [t for t in sensitive_tags(exiftool(path)) if not t.startswith("ICC")]
+
+
+def check_clean_copy(src: Path, report) -> None:
+    out = Path(report.output)
+    assert out.suffix == ".jpg" and report.format == "jpeg"
+    assert pixels(src) == pixels(out)
+    assert scans(src) == scans(out), "scan data must be copied byte for byte"
+    assert leaks(out) == []
+    tags = exiftool(out)
+    assert [k for k in tags if k.startswith("IFD0:")] in ([], ["IFD0:Orientation"])
+    assert not any(k.split(":")[0] in ("ExifIFD", "GPS", "IFD1", "MakerNotes", "IPTC", "Photoshop", "MPF0")
+                   or k.startswith("XMP") for k in tags)
+    assert out.read_bytes().endswith(b"\xff\xd9"), "nothing may follow EOI"
+    if icc_of(src):
+        assert icc_of(out) == icc_of(src)
+    assert jpeg.inspect(out) == []
+
+
+def assert_fix(report, expected) -> None:
+    fix = report.found.fix
+    if expected is None:
+        assert fix is None, f"invented a location: {fix}"
+    else:
+        assert fix is not None, f"missed the location {expected}: {report.found.notes}"
+        assert (fix.lat, fix.lon) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(fx.BUILDERS))
+def test_fixture_is_sanitized_losslessly(name, tmp_path):
+    src = tmp_path / f"{name}.jpg"
+    expected = fx.BUILDERS[name](src)
+    report = sanitize_file(src, tmp_path / f"{name}-copy", LIMITS)
+    assert report.status == "sanitized", report.error and report.error.as_dict()
+    check_clean_copy(src, report)
+    assert_fix(report, expected)
+
+
+def test_android_motion_photo_reports_what_it_removed(tmp_path):
+    src = tmp_path / "pxl.jpg"
+    fx.android_phone_jpeg(src)
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    removed = " | ".join(report.removed)
+    assert "APP1 Exif (GPS" in removed and "thumbnail" in removed and "maker note" in removed
+    assert "APP1 XMP" in removed
+    assert "motion photo video" in removed
+    assert report.found.captured_at == "2024-05-17T10:05:09-04:00"
+    assert report.found.fix.alt == pytest.approx(10.5) and report.found.fix.accuracy == pytest.approx(12.0)
+
+
+def test_rotated_photo_keeps_only_orientation(tmp_path):
+    src = tmp_path / "iphone.jpg"
+    fx.iphone_like_jpeg(src, orientation=6)
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized", report.error and report.error.as_dict()
+    tags = exiftool(Path(report.output))
+    assert tags["IFD0:Orientation"] == 6
+    with Image.open(report.output) as im:
+        assert dict(im.getexif()) == {0x0112: 6}
+        assert ImageOps.exif_transpose(im).size == (48, 64)
+
+
+def test_xmp_fix_used_when_exif_has_none(tmp_path):
+    src = tmp_path / "xmp.jpg"
+    fx.xmp_only_gps_jpeg(src)
+    found = jpeg.locate(src, LIMITS)
+    assert found.fix.source == "xmp"
+    assert found.fix.alt == pytest.approx(12.3)
+
+
+def test_split_icc_is_kept_whole_and_in_order(tmp_path):
+    src = tmp_path / "icc.jpg"
+    fx.split_icc_jpeg(src)
+    chunks = [s for s in jpeg.walk(src.read_bytes()).segments if s.marker == jpeg.APP2]
+    assert len(chunks) >= 3
+    copy = tmp_path / "copy.jpg"
+    jpeg.rebuild(src, copy, LIMITS)
+    assert [s.payload for s in jpeg.walk(copy.read_bytes()).segments if s.marker == jpeg.APP2] \
+        == [s.payload for s in chunks]
+    assert icc_of(copy) == fx.big_icc_profile()
+
+
+def test_progressive_file_has_several_scans_and_restarts(tmp_path):
+    src = tmp_path / "prog.jpg"
+    fx.progressive_restart_jpeg(src)
+    segments = jpeg.walk(src.read_bytes()).segments
+    assert sum(s.marker == jpeg.SOS for s in segments) > 1
+    assert any(s.marker == jpeg.DRI for s in segments)
+
+
+@pytest.mark.parametrize("row", JPEG_ROWS)
+def test_corpus_jpeg(row, tmp_path):
+    src = CORPUS / row["relative_path"]
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    if report.status != "sanitized":
+        assert report.status == "rejected" and report.error.code in ("truncated", "corrupt"), report.as_json()
+        return
+    check_clean_copy(src, report)
+    expected = expected_fix(row)
+    if expected and (abs(expected[0]) > 90 or abs(expected[1]) > 180):
+        expected = None   # an impossible fix in the manifest (a buggy panorama) is no fix
+    assert_fix(report, expected)
+
+
+# --- rejections ----------------------------------------------------------------------------------
+
+def _report(tmp_path: Path, data: bytes, limits: Limits = LIMITS):
+    src = tmp_path / "input.jpg"
+    src.write_bytes(data)
+    report = sanitize_file(src, tmp_path / "copy", limits)
+    if report.status != "sanitized":
+        assert not list(tmp_path.glob("copy*")), "no copy may be left behind"
+    return report
+
+
+@pytest.fixture
+def clean_jpeg(tmp_path) -> bytes:
+    path = tmp_path / "plain.jpg"
+    fx.picture().save(path, "JPEG", quality=90)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("mangle, code", [
+    (lambda d: b"", "empty"),
+    (lambda d: d[: len(d) // 2], "truncated"),
+    (lambda d: d[:-2], "truncated"),
+    (lambda d: d[:4] + b"\xff\xff", "truncated"),
+    (lambda d: d[:2] + b"\xff\xe1\xff\xf0Exif\x00\x00", "truncated"),
+    (lambda d: b"\x89PNG\r\n\x1a\n" + d, "unsupported_format"),
+    (lambda d: b"\xff\xd8\xff" + b"\x89PNG\r\n\x1a\n" + bytes(64), "corrupt"),
+    (lambda d: d[:2] + b"\xff\xe0\x00\x01" + d[2:], "corrupt"),
+    (lambda d: d[:2] + b"\xff\xfe\x00\x04ab\x00\x00garbage" + d[2:], "corrupt"),
+    (lambda d: b"\xff\xd8\xff\xfe\x00\x04ab\xff\xd9", "corrupt"),   # no frame, no scan
+])
+def test_damaged_or_lying_inputs_are_rejected(mangle, code, clean_jpeg, tmp_path):
+    report = _report(tmp_path, mangle(clean_jpeg))
+    assert report.status == "rejected", report.as_json()
+    assert report.error.code == code, report.error.as_dict()
+
+
+def test_pixel_limit_from_the_frame_header(clean_jpeg, tmp_path):
+    (tmp_path / "over").mkdir()
+    (tmp_path / "at").mkdir()
+    assert _report(tmp_path / "over", clean_jpeg, Limits(max_pixels=64 * 48 - 1)).error.code == "too_large"
+    assert _report(tmp_path / "at", clean_jpeg, Limits(max_pixels=64 * 48)).status == "sanitized"
+
+
+def test_entropy_end_skips_stuffing_and_restarts():
+    data = b"\x12\xff\x00\x34\xff\xd3\x56\xff\xff\xd9"
+    assert jpeg.entropy_end(data, 0) == 8
+    with pytest.raises(SanitizeError) as e:
+        jpeg.entropy_end(b"\x12\xff\x00\x34", 0)
+    assert e.value.code == "truncated"
+
+
+# --- the verifier --------------------------------------------------------------------------------
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+PLANTS = {
+    "APP13": lambda d: d[:2] + _segment(0xED, fx.photoshop_iptc({120: b"caption"})) + d[2:],
+    "COM": lambda d: d[:2] + _segment(0xFE, b"12 Main St") + d[2:],
+    "trailer": lambda d: d + b"\x00\x00\x00\x18ftypmp42",
+    "XMP": lambda d: d[:2] + _segment(0xE1, jpeg.XMP_ID + fx.xmp_packet('exif:GPSLatitude="40,1N"/>')) + d[2:],
+    "full EXIF": lambda d: d[:2] + _segment(0xE1, __import__("piexif").dump({"GPS": fx.gps_ifd(40.7, -74.0)})) + d[2:],
+    "APP2 MPF": lambda d: d[:2] + _segment(0xE2, b"MPF\x00" + bytes(16)) + d[2:],
+    "JFIF thumbnail": lambda d: d[:2] + _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x01\x01" + bytes(3))
+    + d[2 + 18:],
+}
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS))
+def test_verifier_catches_planted_metadata(plant, tmp_path):
+    src = tmp_path / "src.jpg"
+    fx.iptc_comment_jpeg(src)
+    copy = tmp_path / "copy.jpg"
+    rebuilt = jpeg.rebuild(src, copy, LIMITS)
+    verify_copy(copy, rebuilt)   # the honest copy passes
+    copy.write_bytes(PLANTS[plant](copy.read_bytes()))
+    assert jpeg.inspect(copy) != []
+    with pytest.raises(SanitizeError) as e:
+        verify_copy(copy, rebuilt)
+    assert e.value.code == "verify_failed"
+
+
+def test_verifier_refuses_a_copy_of_another_format(tmp_path):
+    copy = tmp_path / "copy.png"
+    fx.picture().save(copy, "PNG")
+    with pytest.raises(SanitizeError) as e:
+        verify_copy(copy, Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg"))
+    assert e.value.code == "verify_failed"
