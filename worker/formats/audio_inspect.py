@@ -6,9 +6,12 @@ copy is clean), never raise for a dirty copy, and report an unreadable copy as a
 """
 from __future__ import annotations
 
+import mmap
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from worker.errors import SanitizeError
+from worker.errors import SanitizeError, too_large
 from worker.formats.base import Limits
 
 # ffprobe stream fields that name a codec or its parameters, not a person, place, device or time.
@@ -18,6 +21,20 @@ ALLOWED_FORMAT_TAGS: frozenset[str] = frozenset()
 ALLOWED_STREAM_TAGS: frozenset[str] = frozenset()
 # what an inspection may spend: a copy is at most what the input was
 INSPECT_LIMITS = Limits()
+
+
+@contextmanager
+def mapped_file(path: Path, limits: Limits = INSPECT_LIMITS) -> Iterator[mmap.mmap]:
+    """The file as a read-only memory map: the audio walkers index and slice it like bytes without
+    reading a long recording into memory. Empty and oversized files are refused before mapping."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            raise SanitizeError("empty", "the file is empty")
+        if size > limits.max_bytes:
+            raise too_large(f"{size} bytes is over the limit of {limits.max_bytes}")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
 
 
 def mutagen_findings(path: Path, file_type: type) -> list[str]:

@@ -13,12 +13,11 @@ time, so ``locate`` finds nothing.
 from __future__ import annotations
 
 import io
-import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.audio_inspect import reader_findings
+from worker.formats.audio_inspect import mapped_file, reader_findings
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -148,8 +147,11 @@ def _describe_id3v2(raw: bytes) -> str:
         return f"ID3v2.{major}"
 
 
-def _peel_trailing_tags(data, end: int, removed: list[str]) -> int:
-    """Move ``end`` back over the tags writers append (in any order), recording each."""
+def peel_trailing_tags(data, end: int, removed: list[str]) -> int:
+    """Move ``end`` back over the tags writers append (in any order), recording each.
+
+    Shared with FLAC: taggers glue ID3v1 and APEv2 onto FLAC files too.
+    """
     while True:
         if end >= ID3V1_SIZE and data[end - ID3V1_SIZE:end - ID3V1_SIZE + 3] == b"TAG":
             end -= ID3V1_SIZE
@@ -194,7 +196,7 @@ def _peel_trailing_tags(data, end: int, removed: list[str]) -> int:
 def scan(data, limits: Limits) -> Scan:
     """Find every audio frame of ``data`` (bytes or mmap) and name everything else."""
     removed: list[str] = []
-    end = _peel_trailing_tags(data, len(data), removed)
+    end = peel_trailing_tags(data, len(data), removed)
     frames: list[tuple[int, int]] = []
     first: FrameHeader | None = None
     samples = 0
@@ -255,32 +257,16 @@ def scan(data, limits: Limits) -> Scan:
     return Scan(frames=frames, removed=removed, samples=samples, sample_rate=first.sample_rate)
 
 
-def _open_map(path: Path, limits: Limits):
-    f = open(path, "rb")
-    size = f.seek(0, 2)
-    if size == 0:
-        f.close()
-        raise SanitizeError("empty", "the file is empty")
-    if size > limits.max_bytes:
-        f.close()
-        raise too_large(f"{size} bytes is over the limit of {limits.max_bytes}")
-    return f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-
 def locate(path: Path, limits: Limits) -> Found:
     return Found()
 
 
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
-    f, data = _open_map(src, limits)
-    try:
+    with mapped_file(src, limits) as data:
         result = scan(data, limits)
         with open(dst, "wb") as out:
             for start, stop in result.frames:
                 out.write(data[start:stop])
-    finally:
-        data.close()
-        f.close()
     return Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3", removed=tuple(result.removed))
 
 
@@ -326,12 +312,12 @@ def header_frame_text(data) -> bytes:
 def inspect(path: Path) -> list[str]:
     import mutagen.mp3
 
-    with open(path, "rb") as f:
-        if f.seek(0, 2) == 0:
-            return ["the copy is empty"]
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    try:
+        with mapped_file(path) as data:
             findings = structure_findings(data)
             header_frame = header_frame_text(data)
+    except SanitizeError as e:
+        return [f"the copy cannot be read: {e.message}"]
     return findings + reader_findings(path, mutagen.mp3.MP3, header_frame=header_frame)
 
 
