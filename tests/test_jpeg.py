@@ -233,3 +233,21 @@ def test_verifier_refuses_a_copy_of_another_format(tmp_path):
     with pytest.raises(SanitizeError) as e:
         verify_copy(copy, Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg"))
     assert e.value.code == "verify_failed"
+
+
+def test_extended_xmp_is_reassembled_and_read(tmp_path):
+    """A fix only in extended XMP (split over two APP1 chunks, out of order) is found, and dropped."""
+    document = fx.xmp_packet('exif:GPSLatitude="40,42.768N" exif:GPSLongitude="74,0.36W"/>')
+    guid = b"0123456789ABCDEF0123456789ABCDEF"
+    half = len(document) // 2
+    chunks = [_segment(0xE1, jpeg.XMP_EXTENSION_ID + guid + struct.pack(">II", len(document), offset) + part)
+              for offset, part in ((half, document[half:]), (0, document[:half]))]
+    src = tmp_path / "extended.jpg"
+    fx.picture().save(src, "JPEG")
+    data = src.read_bytes()
+    src.write_bytes(data[:2] + b"".join(chunks) + data[2:])
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized"
+    assert (report.found.fix.lat, report.found.fix.lon) == pytest.approx((40.7128, -74.006), abs=1e-6)
+    assert "APP1 extended XMP" in report.removed
+    assert leaks(Path(report.output)) == []

@@ -131,8 +131,7 @@ def frame_size(segments: tuple[Segment, ...]) -> tuple[int, int]:
     return width, height
 
 
-def _read(path: Path, limits: Limits) -> Walk:
-    data = path.read_bytes()
+def _checked_walk(data: bytes, limits: Limits) -> Walk:
     result = walk(data)
     width, height = frame_size(result.segments)
     if width * height > limits.max_pixels:
@@ -163,7 +162,7 @@ def _extended_xmp(segments: tuple[Segment, ...]) -> list[bytes]:
 
 
 def locate(path: Path, limits: Limits) -> Found:
-    segments = _read(path, limits).segments
+    segments = _checked_walk(path.read_bytes(), limits).segments
     readings = []
     exif = next((s.payload for s in segments if s.marker == APP1 and s.payload.startswith(EXIF_ID)), None)
     if exif is not None:
@@ -232,7 +231,7 @@ def _segment_bytes(marker: int, payload: bytes) -> bytes:
 
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     data = src.read_bytes()
-    result = _read(src, limits)
+    result = _checked_walk(data, limits)
     exif = next((s.payload for s in result.segments if s.marker == APP1 and s.payload.startswith(EXIF_ID)), None)
     orientation = orientation_of(exif[len(EXIF_ID):]) if exif is not None else 1
     head, body, removed = [data[:2]], [], []
