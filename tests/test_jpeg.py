@@ -251,3 +251,25 @@ def test_extended_xmp_is_reassembled_and_read(tmp_path):
     assert (report.found.fix.lat, report.found.fix.lon) == pytest.approx((40.7128, -74.006), abs=1e-6)
     assert "APP1 extended XMP" in report.removed
     assert leaks(Path(report.output)) == []
+
+
+def test_damaged_variants_only_ever_raise_sanitize_errors(tmp_path):
+    """Seeded byte flips and cuts of a phone photo: every failure is a SanitizeError with a code."""
+    import random
+
+    src = tmp_path / "pxl.jpg"
+    fx.android_phone_jpeg(src)
+    base, rng, codes = src.read_bytes(), random.Random(311), set()
+    damaged, copy = tmp_path / "damaged.jpg", tmp_path / "copy.jpg"
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        damaged.write_bytes(bytes(data[:rng.randrange(len(data))] if rng.random() < 0.3 else data))
+        try:
+            jpeg.locate(damaged, LIMITS)
+            jpeg.rebuild(damaged, copy, LIMITS)
+            jpeg.inspect(copy)
+        except SanitizeError as e:
+            codes.add(e.code)
+    assert codes <= {"truncated", "corrupt", "too_large"} and "truncated" in codes
