@@ -1,0 +1,204 @@
+"""HEIC/HEIF and AVIF photos: located from the Exif and XMP items, re-encoded to JPEG.
+
+Identified by the ``ftyp`` box: the major brand, or a compatible brand, must be a still-image
+brand; MP4/MOV/M4A/3GP brands are the video and audio modules' (``isobmff``), so a movie that
+merely lists ``mif1`` is not ours. HEIC decoding is libheif's (pillow-heif), AVIF decoding is
+Pillow's own plugin (libavif/dav1d): pillow-heif here has no AV1 decoder.
+
+The agency copy is a JPEG of the primary image only (``reencode``): thumbnails, depth and gain
+maps, auxiliary images, other top-level images and every metadata item stay behind, because
+nothing but the decoded pixels and the ICC profile is written.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from worker.errors import SanitizeError, corrupt, too_large, truncated
+from worker.exif import describe_exif, locate_in_exif
+from worker.formats.base import Format, Limits, Rebuilt
+from worker.formats.reencode import write_jpeg
+from worker.location import Found, choose
+from worker.xmp import locate_in_xmp
+
+# Brands that name a still image (or an image sequence) in a HEIF container.
+HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"MiHE"})
+AVIF_BRANDS = frozenset({b"avif", b"avis", b"avio"})
+GENERIC_IMAGE_BRANDS = frozenset({b"mif1", b"mif2", b"msf1", b"miaf"})   # codec-neutral HEIF / MIAF
+IMAGE_BRANDS = HEIC_BRANDS | AVIF_BRANDS | GENERIC_IMAGE_BRANDS
+# Major brands of movies and audio: such a file is never taken as a photo, whatever it lists.
+MOVIE_BRANDS = frozenset({b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"qt  ", b"M4A ", b"M4B ",
+                          b"M4V ", b"M4P ", b"3gp4", b"3gp5", b"3gp6", b"3gp7", b"3g2a", b"3g2b", b"3g2c", b"dash",
+                          b"avc1", b"f4v ", b"MSNV", b"XAVC", b"crx "})
+MAX_FTYP_BYTES = 4096
+
+
+def brands(head: bytes) -> tuple[bytes, frozenset[bytes]] | None:
+    """(major brand, compatible brands) of a leading ``ftyp`` box, or None when there is none."""
+    if len(head) < 16 or head[4:8] != b"ftyp":
+        return None
+    (size,) = struct.unpack(">I", head[:4])
+    if not 16 <= size <= min(len(head), MAX_FTYP_BYTES):
+        return None
+    compatible = frozenset(head[i:i + 4] for i in range(16, size - 3, 4))
+    return head[8:12], compatible
+
+
+def image_codec(head: bytes) -> str | None:
+    """"heic" or "avif" when the ftyp says this is a HEIF still image, else None."""
+    found = brands(head)
+    if found is None:
+        return None
+    major, compatible = found
+    if major in MOVIE_BRANDS:
+        return None
+    listed = compatible | {major}
+    if not listed & IMAGE_BRANDS:
+        return None
+    if major in AVIF_BRANDS:
+        return "avif"
+    if major in HEIC_BRANDS:
+        return "heic"
+    if listed & AVIF_BRANDS and not listed & HEIC_BRANDS:
+        return "avif"
+    if listed & HEIC_BRANDS:
+        return "heic"
+    # codec-neutral brands only: the item's codec configuration box says which
+    return "avif" if b"av1C" in head and b"hvcC" not in head else "heic"
+
+
+def accept_heic(head: bytes) -> bool:
+    return image_codec(head) == "heic"
+
+
+def accept_avif(head: bytes) -> bool:
+    return image_codec(head) == "avif"
+
+
+def decoder_error(what: str, error: Exception) -> SanitizeError:
+    """A libheif/libavif complaint as our error: a short file is truncated, anything else corrupt."""
+    message = str(error).strip()
+    lowered = message.lower()
+    if "end of file" in lowered or "end of data" in lowered or "truncated" in lowered:
+        return truncated(f"the {what} ends early: {message}")
+    return corrupt(f"the {what} cannot be decoded: {message}")
+
+
+def open_heic(path: Path) -> Image.Image:
+    """pillow-heif's lazy image of the primary item: container parsed, pixels not yet decoded."""
+    from pillow_heif import HeifImageFile
+
+    try:
+        return HeifImageFile(path)
+    except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+        raise decoder_error("HEIF container", e) from None
+
+
+def open_avif(path: Path) -> Image.Image:
+    """Pillow's lazy AVIF image: the primary item's header parsed, pixels not yet decoded."""
+    from PIL.AvifImagePlugin import AvifImageFile
+
+    try:
+        return AvifImageFile(path)
+    except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+        raise decoder_error("AVIF container", e) from None
+
+
+def check_pixels(image: Image.Image, limits: Limits, what: str) -> None:
+    """Refuse before decoding: the size comes from the container (ispe), not from pixels."""
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise too_large(f"the {what} image is {width}x{height}, over the limit of {limits.max_pixels} pixels")
+
+
+def metadata_of(image: Image.Image) -> tuple[bytes | None, bytes | None]:
+    """(Exif, XMP) payloads as the plugin exposes them; pillow-heif drops the item's 4-byte offset."""
+    exif, xmp = image.info.get("exif"), image.info.get("xmp")
+    return (exif if isinstance(exif, bytes) and exif else None,
+            xmp if isinstance(xmp, bytes) and xmp else None)
+
+
+def found_in(exif: bytes | None, xmp: bytes | None) -> Found:
+    readings = []
+    if exif:
+        readings.append(locate_in_exif(exif, source="exif"))
+    if xmp:
+        readings.append(locate_in_xmp(xmp))
+    return choose(readings)
+
+
+def locate_heic(path: Path, limits: Limits) -> Found:
+    """Every top-level image's Exif and XMP items, primary first (it wins a tie)."""
+    from pillow_heif import open_heif
+
+    try:
+        heif = open_heif(path, convert_hdr_to_8bit=True)
+    except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+        raise decoder_error("HEIF container", e) from None
+    primary = heif.primary_index
+    order = [primary] + [i for i in range(len(heif)) if i != primary]
+    return choose([found_in(*metadata_of(heif[i])) for i in order])
+
+
+def locate_avif(path: Path, limits: Limits) -> Found:
+    with open_avif(path) as image:
+        return found_in(*metadata_of(image))
+
+
+def removed_from(image: Image.Image, container: str) -> tuple[str, ...]:
+    """What the copy leaves behind, for the report: named where the plugin tells us, always the container."""
+    exif, xmp = metadata_of(image)
+    removed = [container]
+    if exif:
+        removed.append(f"Exif item ({describe_exif(exif)})")
+    if xmp:
+        removed.append("XMP")
+    info = image.info
+    if info.get("thumbnails"):
+        removed.append("thumbnail")
+    if info.get("depth_images"):
+        removed.append("depth image")
+    if info.get("aux"):
+        removed.append("auxiliary images (" + ", ".join(sorted(info["aux"])) + ")")
+    if getattr(image, "n_frames", 1) > 1:
+        removed.append("other images or frames")
+    return tuple(removed)
+
+
+def reencode(opener: Callable[[Path], Image.Image], what: str, container: str) -> Callable[[Path, Path, Limits], Rebuilt]:
+    def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
+        with opener(src) as image:
+            check_pixels(image, limits, what)
+            removed = removed_from(image, container)
+            icc = image.info.get("icc_profile") or None
+            try:
+                image.load()
+            except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+                raise decoder_error(f"{what} image", e) from None
+            write_jpeg(image, dst, icc)
+        return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=removed)
+    return rebuild
+
+
+def never_a_copy(what: str) -> Callable[[Path], list[str]]:
+    """An agency copy is never HEIF or AVIF (they are re-encoded to JPEG), so any is a finding.
+
+    The verifier only calls the copy's own format's inspect; should a copy ever read as HEIF,
+    failing closed is the whole check needed, no box walk.
+    """
+    def inspect(path: Path) -> list[str]:
+        return [f"an agency copy is never {what}: {what} inputs are re-encoded to JPEG"]
+    return inspect
+
+
+FORMATS = [
+    Format(name="heic", kind="photo", media_type="image/heic", accept=accept_heic, locate=locate_heic,
+           rebuild=reencode(open_heic, "HEIF", "HEIF container"), inspect=never_a_copy("HEIF"),
+           extensions=(".heic", ".heif")),
+    Format(name="avif", kind="photo", media_type="image/avif", accept=accept_avif, locate=locate_avif,
+           rebuild=reencode(open_avif, "AVIF", "AVIF container"), inspect=never_a_copy("AVIF"),
+           extensions=(".avif",)),
+]

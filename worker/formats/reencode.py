@@ -1,0 +1,103 @@
+"""Decoded picture in, clean JPEG out: the one re-encoding step for formats an agency cannot open.
+
+HEIC/HEIF, AVIF and TIFF copies are not rebuilt container-wise: their containers hold too many
+places for a location (Exif items, XMP, auxiliary and depth images, thumbnails, private IFDs) and
+agencies' software often cannot open them anyway. So the primary picture is decoded, turned
+upright, and written as a new JPEG that holds pixels and the ICC profile, nothing else.
+
+The caller opens the image (its own plugin, its own limits checked) and hands it here loaded.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from PIL import Image, ImageChops, ImageOps, ImageStat
+
+from worker.errors import SanitizeError, unsupported
+
+# Tried in order until the copy is visually equal to the decoded input: 95 is plenty for camera
+# photos; lossless sources (TIFF scans, screenshots) with fine detail can need more.
+JPEG_QUALITIES = (95, 98, 100)
+VISUALLY_EQUAL_DB = 41.0       # PSNR; 40 dB is the usual "visually equal" line, with a margin
+JPEG_SUBSAMPLING_444 = 0       # Pillow's code for 4:4:4: no chroma loss on re-encoding
+# the colour space an ICC profile describes (header bytes 16..20) -> the JPEG mode it needs
+ICC_SPACE_MODE = {b"RGB ": "RGB", b"GRAY": "L", b"CMYK": "CMYK"}
+GREY_MODES = frozenset({"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+SIXTEEN_BIT_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def icc_space(icc: bytes | None) -> str | None:
+    """The JPEG mode an ICC profile's colour space calls for, or None (absent or not RGB/grey/CMYK)."""
+    if not icc or len(icc) < 20:
+        return None
+    return ICC_SPACE_MODE.get(icc[16:20])
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: EXIF (or XMP) orientation applied, once.
+
+    The plugins already fold container transforms into that orientation: pillow-heif applies
+    HEIF irot/imir while decoding and resets EXIF Orientation to 1; Pillow's AVIF plugin writes
+    irot/imir into the Orientation it reports. So one ``exif_transpose`` is right for all three.
+    """
+    return ImageOps.exif_transpose(image)
+
+
+def to_jpeg_mode(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """8-bit L, RGB or CMYK, matching the ICC profile's colour space when there is one.
+
+    Alpha is dropped, not composited: a photo has none, and the colour values under it are kept
+    as they are (what every reader shows for the RGB of a transparent pixel).
+    """
+    mode = icc_space(icc) or ("L" if image.mode in GREY_MODES else "CMYK" if image.mode == "CMYK" else "RGB")
+    if image.mode in SIXTEEN_BIT_GREY:
+        # Pillow clips 16-bit grey to 8 bits; scale it instead, or a scan turns white.
+        image = image.convert("I").point(lambda value: value * (1 / 257))
+    try:
+        return image.convert(mode) if image.mode != mode else image.copy()
+    except ValueError as e:   # e.g. LAB or multi-sample TIFFs Pillow cannot convert
+        raise unsupported(f"cannot convert a {image.mode} picture to {mode} for the agency copy ({e})") from None
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """Peak signal-to-noise ratio of two same-size pictures, over their RGB values, in dB."""
+    difference = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+    squares = sum(ImageStat.Stat(difference).sum2)
+    if squares == 0:
+        return math.inf
+    return 10 * math.log10(255 ** 2 / (squares / (a.width * a.height * 3)))
+
+
+def encode_jpeg(picture: Image.Image, quality: int, icc: bytes | None) -> bytes:
+    """Pillow's JPEG writer, given the profile and nothing else: no EXIF, no XMP, no comment."""
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING_444, icc_profile=icc, optimize=True)
+    return out.getvalue()
+
+
+def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
+    """Write the loaded ``image`` upright to ``dst`` as a JPEG holding pixels and ``icc`` only.
+
+    ``info`` is emptied first because Pillow's writer takes a comment from it. The lowest quality
+    of ``JPEG_QUALITIES`` whose result is visually equal to the decoded picture is kept; returns it.
+    """
+    picture = to_jpeg_mode(upright(image), icc)
+    picture.info = {}
+    keep_icc = icc if icc_space(icc) == picture.mode else None
+    for quality in JPEG_QUALITIES:
+        data = encode_jpeg(picture, quality, keep_icc)
+        if quality == JPEG_QUALITIES[-1]:
+            break
+        with Image.open(io.BytesIO(data)) as decoded:
+            if psnr(picture, decoded) >= VISUALLY_EQUAL_DB:
+                break
+    try:
+        dst.write_bytes(data)
+    except OSError as e:
+        raise SanitizeError("internal", f"writing the JPEG copy failed: {e}") from None
+    return quality
+
+
+__all__ = ["write_jpeg", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES"]
