@@ -44,6 +44,8 @@ def sensitive_tags(tags: dict) -> list[str]:
         if ":" not in key:
             continue
         group, tag = key.split(":", 1)
+        if group.startswith("ICC"):   # the kept colour profile: its description names the profile, not a person
+            continue
         if group in ("File", "System", "ExifTool", "Composite"):
             if key == "File:Comment":
                 found.append(key)

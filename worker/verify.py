@@ -37,7 +37,8 @@ def pillow_findings(path: Path) -> list[str]:
                 if index:
                     im.seek(index)
                     im.load()
-                extra = sorted(k for k in im.info if str(k).lower() not in PILLOW_TECHNICAL_INFO)
+                # "exif" is judged by its content below (an Orientation-only EXIF may stay), not by presence
+                extra = sorted(k for k in im.info if str(k).lower() not in PILLOW_TECHNICAL_INFO | {"exif"})
                 findings += [f"Pillow info key {k!r} in frame {index}" for k in extra]
             exif = im.getexif()
             tags = {t for t in exif if t != ORIENTATION_TAG}
