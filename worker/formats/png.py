@@ -1,0 +1,334 @@
+"""PNG and APNG: locate in eXIf, "Raw profile" text and XMP; rebuild losslessly by chunk allow-list.
+
+The agency copy is the original's own chunks, copied byte for byte (CRC included) when they are on
+DESIGN.md's allow-list: IHDR PLTE tRNS IDAT IEND, the colour chunks, pHYs, bKGD and the APNG
+animation chunks, in their original order (so APNG sequence numbers stay valid). Image data is
+never decoded, so every frame is bit-identical. Text (tEXt, zTXt, iTXt), eXIf, tIME, private and
+unknown chunks, and anything after IEND, are dropped.
+
+Orientation: PNG has no orientation field of its own, only EXIF's. When the original displays
+rotated (its EXIF, or failing that its XMP, says so, the way Pillow reads it), the copy gets a
+minimal Orientation-only eXIf chunk so it displays as the original does. ExifTool then shows only
+IFD0:Orientation, which DESIGN.md allows; the verifier checks that eXIf holds nothing more.
+
+``inspect`` is the verifier's walk: a separate, stricter loop that reports anything a clean copy
+cannot contain.
+"""
+from __future__ import annotations
+
+import re
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import corrupt, too_large, truncated, unsupported
+from worker.exif import MAX_EXIF_BYTES, TAG_ORIENTATION, describe_exif, locate_in_exif, orientation_of, orientation_only_exif, \
+    orientation_only_findings, tiff_body
+from worker.formats.base import Format, Limits, Rebuilt
+from worker.location import Found, choose
+from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_CHUNK = 2**31 - 1                    # the PNG spec's own bound on a chunk length
+MAX_TEXT_BYTES = 16 * 1024 * 1024        # cap on a decompressed text chunk, as Pillow's MAX_TEXT_CHUNK
+
+# Chunks needed to show the picture (a bad CRC in one of these makes the file corrupt).
+IMAGE_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"acTL", b"fcTL", b"fdAT"})
+# Rendering hints: kept when intact, dropped (and noted) when their CRC is bad.
+COLOUR_CHUNKS = frozenset({b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"bKGD"})
+ALLOWED = IMAGE_CHUNKS | COLOUR_CHUNKS | {b"eXIf"}   # eXIf only as a minimal Orientation EXIF
+TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+XMP_KEYWORD = b"XML:com.adobe.xmp"
+RAW_PROFILE_PREFIX = b"Raw profile type "
+APP1_EXIF_ID = b"Exif\x00\x00"
+APP1_XMP_ID = b"http://ns.adobe.com/xap/1.0/\x00"
+ICC_PROFILE_NAME = b"ICC Profile"        # the iCCP name is free text: replaced by a neutral one
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')   # what Pillow's getexif() reads
+
+
+@dataclass(frozen=True)
+class PngChunk:
+    type: bytes
+    start: int          # offset of the length field
+    end: int            # offset after the CRC
+    data: bytes
+    crc_ok: bool
+
+
+@dataclass(frozen=True)
+class Walk:
+    chunks: tuple[PngChunk, ...]
+    trailer: bytes      # everything after IEND
+
+
+def accept(head: bytes) -> bool:
+    return head.startswith(SIGNATURE)
+
+
+def walk(data: bytes) -> Walk:
+    """Every chunk up to IEND, each length checked against what remains; SanitizeError otherwise."""
+    if not data.startswith(SIGNATURE):
+        raise corrupt("not a PNG: no signature")
+    chunks: list[PngChunk] = []
+    pos = len(SIGNATURE)
+    while True:
+        if len(data) - pos < 12:
+            raise truncated(f"the PNG ends at offset {pos} before its IEND chunk")
+        length, chunk_type = struct.unpack(">I4s", data[pos:pos + 8])
+        if length > MAX_CHUNK:
+            raise corrupt(f"PNG chunk at offset {pos} declares {length} bytes, over the PNG limit")
+        if not chunk_type.isalpha():
+            raise corrupt(f"PNG chunk at offset {pos} has an invalid type {chunk_type!r}")
+        end = pos + 12 + length
+        if end > len(data):
+            raise truncated(f"PNG chunk {chunk_type.decode('latin-1')} at offset {pos} runs past the end of the file")
+        body = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        crc_ok = zlib.crc32(chunk_type + body) == crc
+        if not crc_ok and chunk_type in IMAGE_CHUNKS:
+            raise corrupt(f"PNG chunk {chunk_type.decode('latin-1')} at offset {pos} fails its CRC")
+        chunks.append(PngChunk(chunk_type, pos, end, body, crc_ok))
+        pos = end
+        if chunk_type == b"IEND":
+            return Walk(tuple(chunks), data[pos:])
+
+
+def _check(result: Walk, limits: Limits) -> None:
+    """Structure and limits before anything is decoded or copied."""
+    first = result.chunks[0]
+    if first.type == b"CgBI":
+        raise unsupported("Apple's CgBI PNG variant is not a standard PNG")
+    if first.type != b"IHDR" or len(first.data) != 13:
+        raise corrupt("the PNG does not start with a 13-byte IHDR chunk")
+    width, height = struct.unpack(">II", first.data[:8])
+    if not width or not height:
+        raise corrupt(f"the PNG declares {width}x{height} pixels")
+    if width * height > limits.max_pixels:
+        raise too_large(f"{width}x{height} pixels is over the limit of {limits.max_pixels}")
+    if not any(c.type == b"IDAT" for c in result.chunks):
+        raise corrupt("the PNG has no image data (IDAT)")
+    actl = next((c for c in result.chunks if c.type == b"acTL"), None)
+    if actl is not None:
+        if len(actl.data) != 8:
+            raise corrupt("the APNG acTL chunk is not 8 bytes")
+        (frames,) = struct.unpack(">I", actl.data[:4])
+        if frames > limits.max_frames:
+            raise too_large(f"{frames} frames is over the limit of {limits.max_frames}")
+
+
+def _read(path: Path, limits: Limits) -> Walk:
+    result = walk(path.read_bytes())
+    _check(result, limits)
+    return result
+
+
+def _inflate(compressed: bytes, cap: int) -> bytes | None:
+    """Decompress at most ``cap`` bytes; None when the stream is broken or would exceed the cap."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(compressed, cap)
+    except zlib.error:
+        return None
+    return None if inflater.unconsumed_tail else out
+
+
+def text_of(chunk: PngChunk) -> tuple[bytes, bytes | None]:
+    """(keyword, text bytes) of a tEXt/zTXt/iTXt chunk; text None when unreadable or over the cap."""
+    keyword, sep, rest = chunk.data.partition(b"\x00")
+    if not sep:
+        return keyword[:79], None
+    if chunk.type == b"tEXt":
+        return keyword, rest[:MAX_TEXT_BYTES]
+    if chunk.type == b"zTXt":
+        return keyword, _inflate(rest[1:], MAX_TEXT_BYTES) if rest[:1] == b"\x00" else None
+    if len(rest) < 2:
+        return keyword, None
+    compressed, method, rest = rest[0], rest[1], rest[2:]
+    _language, _, rest = rest.partition(b"\x00")
+    _translated, _, text = rest.partition(b"\x00")
+    if not compressed:
+        return keyword, text[:MAX_TEXT_BYTES]
+    return keyword, _inflate(text, MAX_TEXT_BYTES) if method == 0 else None
+
+
+def raw_profile(text: bytes) -> bytes | None:
+    """Decode ImageMagick's "Raw profile type X" text: "\\nname\\n   length\\nhex..."; None when junk."""
+    lines = text.split(b"\n")
+    if len(lines) < 4:
+        return None
+    try:
+        declared = int(lines[2].strip())
+        blob = bytes.fromhex(b"".join(lines[3:]).decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return blob[:declared] if 0 <= declared <= len(blob) else blob
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The EXIF and XMP blobs a PNG carries, wherever they sit."""
+
+    exif: tuple[bytes, ...]     # eXIf first, then raw-profile EXIF (Pillow's order of preference)
+    xmp: tuple[bytes, ...]
+
+
+def embedded(chunks: tuple[PngChunk, ...]) -> Embedded:
+    exif, raw_exif, xmp = [], [], []
+    for c in chunks:
+        if c.type == b"eXIf":
+            exif.append(c.data[:MAX_EXIF_BYTES])
+        if c.type not in TEXT_CHUNKS:
+            continue
+        keyword, text = text_of(c)
+        if text is None:
+            continue
+        if keyword == XMP_KEYWORD:
+            xmp.append(text[:MAX_XMP_BYTES])
+        elif keyword.startswith(RAW_PROFILE_PREFIX):
+            blob = raw_profile(text)
+            kind = keyword[len(RAW_PROFILE_PREFIX):].lower()
+            if blob is None:
+                continue
+            if kind in (b"exif", b"app1") and tiff_body(blob) is not None:
+                raw_exif.append(blob)
+            elif kind == b"app1" and blob.startswith(APP1_XMP_ID):
+                xmp.append(blob[len(APP1_XMP_ID):])
+            elif kind == b"xmp":
+                xmp.append(blob)
+        elif keyword.lower() == b"exif" and tiff_body(text) is not None:
+            raw_exif.append(text)   # some writers put the EXIF blob itself in a text chunk
+    return Embedded(exif=tuple(exif + raw_exif), xmp=tuple(xmp))
+
+
+def locate(path: Path, limits: Limits) -> Found:
+    found = embedded(_read(path, limits).chunks)
+    return choose([locate_in_exif(blob) for blob in found.exif] + [locate_in_xmp(packet) for packet in found.xmp])
+
+
+def _has_orientation_tag(blob: bytes) -> bool:
+    """Whether IFD0 holds an Orientation tag at all (orientation_of cannot tell "1" from "absent")."""
+    from PIL import Image
+
+    body = tiff_body(blob)
+    if body is None:
+        return False
+    exif = Image.Exif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exif.load(body[:MAX_EXIF_BYTES])
+    except Exception:  # noqa: BLE001 - an unreadable EXIF holds no orientation Pillow would use
+        return False
+    return TAG_ORIENTATION in exif
+
+
+def display_orientation(exif: bytes | None, xmp: bytes | None) -> int:
+    """The orientation the picture is shown with, as Pillow reads it: EXIF's, else XMP tiff:Orientation."""
+    if exif is not None and _has_orientation_tag(exif):
+        return orientation_of(exif)
+    if xmp:
+        match = _XMP_ORIENTATION.search(xmp[:MAX_XMP_BYTES])
+        if match and 1 <= int(match[2]) <= 8:
+            return int(match[2])
+    return 1
+
+
+def _chunk_bytes(chunk_type: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + chunk_type + body + struct.pack(">I", zlib.crc32(chunk_type + body))
+
+
+def _iccp(chunk: PngChunk) -> bytes:
+    """iCCP with its free-text name replaced; the compressed profile itself is copied byte for byte."""
+    _name, sep, rest = chunk.data.partition(b"\x00")
+    if not sep or len(_name) > 79:
+        raise corrupt("the PNG iCCP chunk has no profile name terminator")
+    return _chunk_bytes(b"iCCP", ICC_PROFILE_NAME + b"\x00" + rest)
+
+
+def describe(chunk: PngChunk) -> str:
+    """A human name for a dropped chunk."""
+    name = chunk.type.decode("latin-1")
+    if chunk.type in TEXT_CHUNKS:
+        keyword = chunk.data.partition(b"\x00")[0][:79].decode("latin-1", "replace")
+        return f"{name} {keyword}"
+    if chunk.type == b"eXIf":
+        return f"eXIf ({describe_exif(chunk.data)})"
+    if chunk.type in COLOUR_CHUNKS:
+        return f"{name} (bad CRC)"
+    if chunk.type == b"tIME":
+        return "tIME"
+    return f"{'private' if chunk.type[1:2].islower() else 'unknown'} chunk {name}"
+
+
+def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
+    data = src.read_bytes()
+    result = walk(data)
+    _check(result, limits)
+    blobs = embedded(result.chunks)
+    orientation = display_orientation(blobs.exif[0] if blobs.exif else None, blobs.xmp[0] if blobs.xmp else None)
+    out, removed = [SIGNATURE], []
+    for c in result.chunks:
+        if c.type == b"IDAT" and orientation != 1:
+            # eXIf must come before the first IDAT
+            out.append(_chunk_bytes(b"eXIf", orientation_only_exif(orientation)))
+            orientation = 1
+        if c.type in IMAGE_CHUNKS:
+            out.append(data[c.start:c.end])
+        elif c.type in COLOUR_CHUNKS and c.crc_ok:
+            out.append(_iccp(c) if c.type == b"iCCP" else data[c.start:c.end])
+        else:
+            removed.append(describe(c))
+    if result.trailer:
+        removed.append(f"data after IEND ({len(result.trailer)} bytes)")
+    with open(dst, "wb") as f:
+        f.write(b"".join(out))
+    return Rebuilt(format="png", media_type="image/png", extension=".png", removed=tuple(dict.fromkeys(removed)))
+
+
+def inspect(path: Path) -> list[str]:
+    """Findings in a copy: chunks off the allow-list, an eXIf with more than Orientation, CRC errors,
+    a missing IEND or data after it, an iCCP with a name other than the neutral one."""
+    data = path.read_bytes()
+    if not data.startswith(SIGNATURE):
+        return ["no PNG signature"]
+    findings: list[str] = []
+    pos, seen, first = len(SIGNATURE), [], True
+    while True:
+        if pos + 12 > len(data):
+            findings.append(f"no IEND: the chunk walk stops at offset {pos}")
+            break
+        length, chunk_type = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            findings.append(f"chunk {chunk_type!r} at offset {pos} runs past the end")
+            break
+        body = data[pos + 8:end - 4]
+        if zlib.crc32(chunk_type + body) != struct.unpack(">I", data[end - 4:end])[0]:
+            findings.append(f"chunk {chunk_type!r} at offset {pos} fails its CRC")
+        if first and chunk_type != b"IHDR":
+            findings.append("the first chunk is not IHDR")
+        first = False
+        if chunk_type not in ALLOWED:
+            findings.append(f"chunk {chunk_type.decode('latin-1', 'replace')} is not on the allow-list")
+        elif chunk_type == b"eXIf":
+            findings += orientation_only_findings(body)
+        elif chunk_type == b"iCCP" and not body.startswith(ICC_PROFILE_NAME + b"\x00"):
+            findings.append("iCCP with a profile name other than the neutral one")
+        seen.append(chunk_type)
+        pos = end
+        if chunk_type == b"IEND":
+            if pos != len(data):
+                findings.append(f"{len(data) - pos} bytes after IEND")
+            break
+    if seen.count(b"eXIf") > 1:
+        findings.append(f"{seen.count(b'eXIf')} eXIf chunks")
+    if b"IDAT" not in seen:
+        findings.append("no image data (IDAT)")
+    return findings
+
+
+FORMATS = [Format(name="png", kind="photo", media_type="image/png", accept=accept, locate=locate,
+                  rebuild=rebuild, inspect=inspect, extensions=(".png", ".apng"))]
