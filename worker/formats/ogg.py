@@ -189,6 +189,8 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             out.write(data[:end])
     with open(dst, "r+b") as f:
         old_pages, packets = _read_headers(f, codec)
+        if old_pages[-1].offset + old_pages[-1].size >= end:
+            raise truncated("the Ogg file ends after its header packets: no audio")
         new_packets, dropped = _clean_packets(codec, packets)
         removed = dropped + removed
         serial = old_pages[0].serial
