@@ -21,6 +21,9 @@ SENSITIVE_NAME = re.compile(r"(gps|latitude|longitude|location|iso6709|^make$|^m
                             r"datetimeoriginal|createdate|modifydate|^datetime$|thumbnail|preview|makernote|"
                             r"usercomment|picture|coverart|^encoder$|^genre$|^year$|^date$)", re.I)
 ZERO_DATES = ("0000", "1904:01:01 00:00:00")
+# QuickTime fields whose names look personal but whose values here are ffmpeg's fixed technical ones
+QUICKTIME_TECHNICAL = {"PreviewTime": {0}, "PreviewDuration": {0},
+                       "HandlerDescription": {"VideoHandler", "SoundHandler", "DataHandler"}}
 
 
 def require_exiftool() -> str:
@@ -55,6 +58,8 @@ def sensitive_tags(tags: dict) -> list[str]:
             continue
         if group in TECHNICAL_GROUPS and not SENSITIVE_NAME.search(tag):
             continue
+        if value in QUICKTIME_TECHNICAL.get(tag, ()):
+            continue
         if SENSITIVE_GROUP.match(group) or SENSITIVE_NAME.search(tag):
             found.append(key)
     return found
@@ -70,7 +75,10 @@ def ffprobe(path: Path) -> dict:
 
 
 def stream_hashes(path: Path) -> str:
-    """ffmpeg's streamhash of the first video and first audio stream, packets copied, not decoded."""
-    return subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0?", "-map", "0:a:0?",
+    """ffmpeg's streamhash of the first video and first audio stream, packets copied, not decoded.
+
+    `V` (not `v`) skips attached pictures: an M4A's cover art is not its first video stream.
+    """
+    return subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:V:0?", "-map", "0:a:0?",
                            "-c", "copy", "-f", "streamhash", "-hash", "md5", "-"],
                           capture_output=True, text=True, check=True).stdout.strip()
