@@ -47,6 +47,8 @@ def accept(head: bytes) -> bool:
 
 def decoder_error(error: Exception) -> SanitizeError:
     message = str(error).strip()
+    if "unknown pixel mode" in message:   # a layout Pillow does not decode (CFA, LinearRaw, odd samples)
+        return unsupported(f"the TIFF's pixel layout is not supported: {message}")
     if "truncated" in message.lower() or isinstance(error, EOFError):
         return truncated(f"the TIFF ends early: {message}")
     return corrupt(f"the TIFF cannot be decoded: {type(error).__name__}: {message}")
