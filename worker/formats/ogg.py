@@ -13,7 +13,6 @@ tracks and chained or multiplexed files are ``unsupported_format``.
 """
 from __future__ import annotations
 
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
