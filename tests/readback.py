@@ -21,8 +21,8 @@ SENSITIVE_NAME = re.compile(r"(gps|latitude|longitude|location|iso6709|^make$|^m
                             r"datetimeoriginal|createdate|modifydate|^datetime$|thumbnail|preview|makernote|"
                             r"usercomment|picture|coverart|^encoder$|^genre$|^year$|^date$)", re.I)
 ZERO_DATES = ("0000", "1904:01:01 00:00:00")
-# QuickTime fields whose names look personal but whose values here are ffmpeg's fixed technical ones
-QUICKTIME_TECHNICAL = {"PreviewTime": {0}, "PreviewDuration": {0}, "CopyrightFlag": {0, 1, False, True},
+# fields whose names look personal but whose values here are fixed technical ones (ffmpeg, MPEG headers)
+FIXED_TECHNICAL_VALUES = {"PreviewTime": {0}, "PreviewDuration": {0}, "CopyrightFlag": {0, 1, False, True},
                        "HandlerDescription": {"VideoHandler", "SoundHandler", "DataHandler"}}
 
 
@@ -62,7 +62,7 @@ def sensitive_tags(tags: dict) -> list[str]:
             continue
         if group in TECHNICAL_GROUPS and not SENSITIVE_NAME.search(tag):
             continue
-        if value in QUICKTIME_TECHNICAL.get(tag, ()):
+        if value in FIXED_TECHNICAL_VALUES.get(tag, ()):
             continue
         if SENSITIVE_GROUP.match(group) or SENSITIVE_NAME.search(tag):
             found.append(key)
