@@ -13,18 +13,17 @@ from worker.formats.base import HEAD_BYTES, Format, Limits, Rebuilt
 FORMATS: list[Format] = []
 
 
+# Every supported family, in the order identification tries them. Magic bytes do not overlap
+# except inside ISO-BMFF, where heif (image brands) and isobmff (video and audio brands) each accept
+# only their own `ftyp` brands.
+FAMILIES = ("jpeg", "png", "webp", "gif", "heif", "tiff", "isobmff", "mp3", "flac", "ogg", "riff", "aiff", "amr")
+
+
 def _register_all() -> None:
-    # Order matters only where magic bytes overlap; each family module lists its own Formats.
-    from worker.formats import jpeg
-    FORMATS.extend(jpeg.FORMATS)
-    for optional in ("png", "webp", "gif", "heif", "tiff", "isobmff", "mp3", "flac", "ogg", "riff", "aiff", "amr"):
-        try:
-            module = __import__(f"worker.formats.{optional}", fromlist=["FORMATS"])
-        except ModuleNotFoundError as e:
-            if e.name != f"worker.formats.{optional}":
-                raise
-            continue
-        FORMATS.extend(module.FORMATS)
+    import importlib
+
+    for family in FAMILIES:
+        FORMATS.extend(importlib.import_module(f"worker.formats.{family}").FORMATS)
 
 
 def read_head(path: Path) -> bytes:
