@@ -1,0 +1,1 @@
+"""Benchmarks for mediasan: run with ``bench/run`` (not part of the test suite)."""

@@ -1,0 +1,275 @@
+"""Benchmark of sanitize_file per format, its peak memory, and `mediasan sanitize` over the corpus.
+
+    bench/run [--quick] [--iterations N] [--formats jpeg,png,...] [--samples DIR] [--no-corpus]
+
+Each measurement runs in a fresh subprocess (so imports, caches and peak RSS are per format); the
+samples are built once per run (or reused from --samples DIR). Writes bench/results/latest.json.
+Nothing here asserts on time: it reports.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import samples
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CORPUS = Path("/work/shared/corpus")
+RESULTS = REPO / "bench" / "results" / "latest.json"
+MB = 1_000_000
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+# A child's ru_maxrss starts at the peak RSS of the process it was spawned from (Linux carries the
+# old mm's high-water mark into the new program at exec, and vfork shares the parent's mm). So every
+# measured process is started by a shell that forks it: its floor is the shell's ~2 MB, not ours.
+TRAMPOLINE = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
+
+
+def child(*args: str, env: dict | None = None) -> dict:
+    proc = subprocess.run([*TRAMPOLINE, PYTHON, "-m", "bench.child", *args], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=1800)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {"status": "bench_error", "error": {"code": "bench", "message": proc.stderr.strip()[-500:]}, "runs": []}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def p95(values: list[float]) -> float:
+    """Nearest-rank 95th percentile (for fewer than 20 runs that is the slowest run)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def tool_shim_dir(folder: Path) -> Path:
+    """A PATH folder whose ffmpeg/ffprobe log their own peak RSS (see bench/toolshim.py)."""
+    shim = folder / "shim"
+    shim.mkdir(exist_ok=True)
+    for tool in ("ffmpeg", "ffprobe"):
+        real = shutil.which(tool)
+        if real is None:
+            continue
+        script = shim / tool
+        script.write_text(f'#!/bin/sh\nexec "{PYTHON}" -I -S "{REPO / "bench" / "toolshim.py"}" "{real}" "$@"\n')
+        script.chmod(0o755)
+    return shim
+
+
+def measure_memory(src: Path, out: Path, shim: Path, log: Path) -> dict:
+    if log.exists():
+        log.unlink()
+    env = dict(os.environ, PATH=f"{shim}{os.pathsep}{os.environ.get('PATH', '')}", BENCH_TOOL_LOG=str(log))
+    result = child("mem", str(src), str(out), env=env)
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    tools: dict[str, dict] = {}
+    for call in calls:
+        t = tools.setdefault(call["tool"], {"calls": 0, "peak_rss_kb": 0, "cpu_s": 0.0})
+        t["calls"] += 1
+        t["peak_rss_kb"] = max(t["peak_rss_kb"], call["maxrss_kb"])
+        t["cpu_s"] += call["cpu_s"]
+    result["tools"] = tools
+    return result
+
+
+def shim_floor(shim: Path, folder: Path) -> int | None:
+    """The shim's own contribution (running /bin/true through it): tool figures near it are the shim's."""
+    log = folder / "floor.log"
+    true = shutil.which("true")
+    if true is None:
+        return None
+    env = dict(os.environ, BENCH_TOOL_LOG=str(log))
+    subprocess.run([*TRAMPOLINE, PYTHON, "-I", "-S", str(REPO / "bench" / "toolshim.py"), true],
+                   capture_output=True, env=env)
+    try:
+        return json.loads(log.read_text().splitlines()[-1])["maxrss_kb"]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def bench_formats(names: list[str], iterations: int, sample_dir: Path, work: Path) -> tuple[list[dict], dict]:
+    baseline = child("baseline").get("maxrss_kb", 0)
+    shim = tool_shim_dir(work)
+    floor = shim_floor(shim, work)
+    rows = []
+    for name in names:
+        _, _, description = samples.SAMPLES[name]
+        row: dict = {"format": name, "sample": description}
+        t0 = time.perf_counter()
+        # built in a process of its own: a 12 MP picture in this process would raise every child's floor
+        built = subprocess.run([PYTHON, "-m", "bench.samples", name, str(sample_dir)], cwd=REPO,
+                               capture_output=True, text=True)
+        src = Path(built.stdout.strip().splitlines()[-1]) if built.returncode == 0 and built.stdout.strip() else None
+        if src is None:     # e.g. no HEIF encoder: skip the format, say why
+            why = (built.stderr.strip().splitlines() or ["no output"])[-1]
+            row.update(status="skipped", error=f"sample not built: {why}")
+            rows.append(row)
+            console.print(f"[yellow]skip[/] {name}: {row['error']}")
+            continue
+        row["build_s"] = round(time.perf_counter() - t0, 2)
+        row["bytes"] = src.stat().st_size
+        console.print(f"[dim]{name}: {row['bytes'] / MB:.1f} MB sample; measuring memory, then {iterations} runs[/]")
+        mem = measure_memory(src, work / "out", shim, work / "tools.log")
+        timed = child("time", str(src), str(work / "out"), str(iterations))
+        row.update(status=timed.get("status"), copy_format=timed.get("copy_format"),
+                   copy_bytes=timed.get("copy_bytes"), location_found=timed.get("location_found"),
+                   error=timed.get("error"))
+        walls = [r["wall_s"] for r in timed.get("runs", [])]
+        if timed.get("status") == "sanitized" and walls:
+            median = statistics.median(walls)
+            row.update(
+                iterations=len(walls), wall_s=walls, median_s=median, p95_s=p95(walls), first_s=walls[0],
+                mb_per_s=row["bytes"] / MB / median, files_per_s=1 / median,
+                cpu_s_median=statistics.median(r["cpu_s"] + r["tools_cpu_s"] for r in timed["runs"]),
+            )
+        row["memory"] = {
+            "status": mem.get("status"),
+            "peak_rss_kb": mem.get("maxrss_kb"),
+            "baseline_rss_kb": baseline,
+            "peak_rss_over_baseline_kb": (mem["maxrss_kb"] - baseline) if mem.get("maxrss_kb") else None,
+            "children_maxrss_kb": mem.get("children_maxrss_kb"),
+            "tools": mem.get("tools", {}),
+        }
+        rows.append(row)
+    return rows, {"baseline_rss_kb": baseline, "tool_shim_floor_kb": floor}
+
+
+def bench_corpus(work: Path) -> dict | None:
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.exists():
+        return None
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split("\t")
+    column = header.index("relative_path")
+    files = [CORPUS / line.split("\t")[column] for line in lines[1:] if line.strip()]
+    files = [f for f in files if f.is_file()]
+    exe = Path(PYTHON).with_name("mediasan")
+    cmd = [str(exe)] if exe.exists() else [PYTHON, "-m", "worker.cli"]
+    out = work / "corpus-out"
+    t0 = time.perf_counter()
+    proc = subprocess.run([*cmd, "sanitize", *map(str, files), "--out", str(out), "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for line in proc.stdout.splitlines():
+        try:
+            report = json.loads(line)
+        except ValueError:
+            continue
+        statuses[report["status"]] = statuses.get(report["status"], 0) + 1
+        if report.get("error"):
+            errors[report["error"]["code"]] = errors.get(report["error"]["code"], 0) + 1
+    total = sum(f.stat().st_size for f in files)
+    return {"files": len(files), "bytes": total, "wall_s": wall, "files_per_s": len(files) / wall,
+            "mb_per_s": total / MB / wall, "exit_status": proc.returncode, "statuses": statuses, "errors": errors,
+            "reports": sum(statuses.values())}
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)
+    except (ValueError, OSError):
+        mem_gb = None
+    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0] \
+        if shutil.which("ffmpeg") else None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "cores": os.cpu_count(),
+            "cpu": cpu, "memory_gb": mem_gb, "platform": platform.platform(), "python": platform.python_version(),
+            "ffmpeg": ffmpeg, "commit": commit}
+
+
+def mb(kb: int | None) -> str:
+    return f"{kb / 1024:.0f}" if kb else "-"
+
+
+def print_tables(rows: list[dict], corpus: dict | str | None, meta: dict, iterations: int) -> None:
+    m = meta["machine"]
+    console.print(f"\n[bold]sanitize_file[/] on {m['cores']} cores ({m['cpu']}), {iterations} run(s) per format, "
+                  f"commit {m['commit']}, {m['date']}")
+    table = Table("format", "sample MB", "copy", "fix", "median s", "p95 s", "first s", "MB/s", "files/s", "CPU s",
+                  "peak RSS MB\n(- import base)", "tools peak MB")
+    for r in rows:
+        if r.get("status") != "sanitized":
+            err = r.get("error")
+            why = err if isinstance(err, str) else (f"{err['code']}: {err['message']}" if err else r.get("status"))
+            table.add_row(r["format"], f"{r['bytes'] / MB:.1f}" if r.get("bytes") else "-",
+                          f"[red]{r.get('status')}[/]", "", f"[dim]{str(why)[:70]}[/]", *[""] * 7)
+            continue
+        memory = r["memory"]
+        tools = ", ".join(f"{k} {mb(v['peak_rss_kb'])}" for k, v in sorted(memory["tools"].items())) or "-"
+        table.add_row(r["format"], f"{r['bytes'] / MB:.1f}", r["copy_format"], "yes" if r["location_found"] else "no",
+                      f"{r['median_s']:.3f}",
+                      f"{r['p95_s']:.3f}", f"{r['first_s']:.3f}", f"{r['mb_per_s']:.1f}", f"{r['files_per_s']:.2f}",
+                      f"{r['cpu_s_median']:.2f}", f"{mb(memory['peak_rss_kb'])} ({mb(memory['peak_rss_over_baseline_kb'])})",
+                      tools)
+    console.print(table)
+    console.print(f"[dim]import baseline {mb(meta['baseline_rss_kb'])} MB; tool figures measured through a PATH "
+                  f"shim whose own floor is {mb(meta['tool_shim_floor_kb'])} MB; CPU s = process + tools per file; "
+                  f"fix = a location was found and moved[/]")
+    if isinstance(corpus, str):
+        console.print(f"\n[dim]corpus: {corpus}[/]")
+    elif corpus:
+        console.print(f"\n[bold]corpus[/] `mediasan sanitize --json` over {corpus['files']} files "
+                      f"({corpus['bytes'] / MB:.1f} MB): {corpus['wall_s']:.1f} s wall, {corpus['files_per_s']:.1f} files/s, "
+                      f"{corpus['mb_per_s']:.1f} MB/s; {corpus['statuses']}; error codes {corpus['errors']}")
+    else:
+        console.print(f"\n[dim]corpus: {CORPUS} not present, skipped[/]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", "-n", type=int, default=5, help="timed runs per format (default 5)")
+    parser.add_argument("--quick", action="store_true", help="one run per format")
+    parser.add_argument("--formats", default=",".join(samples.SAMPLES), help="comma-separated subset")
+    parser.add_argument("--samples", type=Path, help="build samples here and reuse them next time (default: a temp folder)")
+    parser.add_argument("--no-corpus", action="store_true", help=f"skip the run over {CORPUS}")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS.relative_to(REPO)})")
+    args = parser.parse_args(argv)
+    iterations = 1 if args.quick else max(1, args.iterations)
+    names = [n.strip() for n in args.formats.split(",") if n.strip()]
+    unknown = [n for n in names if n not in samples.SAMPLES]
+    if unknown:
+        parser.error(f"unknown format(s) {unknown}; known: {', '.join(samples.SAMPLES)}")
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mediasan-bench-") as tmp:
+        work = Path(tmp)
+        sample_dir = args.samples or work / "samples"
+        rows, meta = bench_formats(names, iterations, sample_dir, work)
+        corpus = "skipped (--no-corpus)" if args.no_corpus else bench_corpus(work)
+    meta["machine"] = machine()
+    meta["total_s"] = time.perf_counter() - started
+    results = {"meta": meta, "iterations": iterations, "formats": rows, "corpus": corpus,
+               "worker_end_to_end": "not measured"}
+    print_tables(rows, corpus, meta, iterations)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"\n[dim]wrote {args.json} in {meta['total_s']:.0f} s total[/]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
