@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from worker import records
 from worker.intake import enqueue_file, job_status
@@ -62,13 +61,14 @@ def run_demo(*, settings: Settings, timeout_s: float) -> int:
                        for label, path in samples]
             console.print(f"enqueued {len(uploads)} uploads; waiting for the worker…")
             final = _wait(services, [u for _, _, u in uploads], timeout_s)
-        table = Table("upload", "sample", "state", "location → restricted record", "removed", "agency copy")
         for label, path, upload_id in uploads:
             info = final.get(upload_id) or {"state": "timed out", "variants": [], "removed": [], "error": None}
-            table.add_row(upload_id[:8], f"{path.name}\n[dim]{label}[/]", _state_text(info),
-                          _location_text(services, upload_id), "\n".join(info["removed"]) or "-",
-                          _copy_text(info))
-        console.print(table)
+            console.print(f"\n[bold]{upload_id[:8]}[/]  {path.name}  [dim]{label}[/]")
+            console.print(f"  state     {_state_text(info)}")
+            console.print(f"  location  {_location_text(services, upload_id)}")
+            console.print(f"  removed   {'; '.join(info['removed']) or '-'}")
+            console.print(f"  agency    {_copy_text(info)}")
+        console.print()
         console.print("Originals are kept under restricted/ (0600), agency copies under agency/; "
                       "`mediasan status UPLOAD_ID` shows one job.")
         ok = all((final.get(u) or {}).get("state") in ("done", "rejected") for _, _, u in uploads)
@@ -95,7 +95,7 @@ def _wait(services, upload_ids: list[str], timeout_s: float) -> dict[str, dict]:
 
 def _state_text(info: dict) -> str:
     if info["error"]:
-        return f"[yellow]{info['state']}[/]\n{info['error']['code']}: {info['error']['message']}"
+        return f"[yellow]{info['state']}[/] ({info['error']['code']}: {info['error']['message']})"
     return f"[green]{info['state']}[/]"
 
 
@@ -104,11 +104,11 @@ def _location_text(services, upload_id: str) -> str:
         row = session.get(records.Location, upload_id)
         if row is None or row.lat is None:
             return "no fix in the file"
-        return f"moved (from {row.source}), kept until {row.retain_until:%Y-%m-%d}"
+        return f"moved to the restricted record (from {row.source}), kept until {row.retain_until:%Y-%m-%d}"
 
 
 def _copy_text(info: dict) -> str:
     for v in info["variants"]:
         if v["variant"] == "sanitized":
-            return f"{v['key']}\n{v['bytes']} bytes, verified, agency={v['tags'].get('agency', '-')}"
+            return f"{v['key']} ({v['bytes']} bytes), verified, readable by {v['tags'].get('agency', 'no agency yet')}"
     return "none (nothing unverified reaches an agency)"
