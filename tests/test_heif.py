@@ -201,3 +201,9 @@ def decoded_icc(path: Path) -> bytes | None:
     pillow_heif.register_heif_opener()
     with Image.open(path) as im:
         return im.info.get("icc_profile") or None
+
+
+def test_avif_over_the_pixel_limit_is_refused(tmp_path):
+    src = tmp_path / "wide.avif"
+    avif_with_exif(src)
+    assert sanitize(src, tmp_path, Limits(max_pixels=320 * 240 - 1)).error.code == "too_large"
