@@ -168,7 +168,7 @@ def clean_jpeg(tmp_path) -> bytes:
     (lambda d: d[:-2], "truncated"),
     (lambda d: d[:4] + b"\xff\xff", "truncated"),
     (lambda d: d[:2] + b"\xff\xe1\xff\xf0Exif\x00\x00", "truncated"),
-    (lambda d: b"\x89PNG\r\n\x1a\n" + d, "unsupported_format"),
+    (lambda d: b"\x89PNG\r\n\x1a\n" + d, "corrupt"),
     (lambda d: b"\xff\xd8\xff" + b"\x89PNG\r\n\x1a\n" + bytes(64), "corrupt"),
     (lambda d: d[:2] + b"\xff\xe0\x00\x01" + d[2:], "corrupt"),
     (lambda d: d[:2] + b"\xff\xfe\x00\x04ab\x00\x00garbage" + d[2:], "corrupt"),
