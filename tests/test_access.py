@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -180,40 +178,63 @@ def test_list_audit_filters(world, tmp_path):
         assert access.list_audit(session=session, since=later) == []
 
 
-def test_cli_fetch_and_audit(tmp_path):
-    """`mediasan fetch` and `mediasan audit` as real processes, settings from the environment."""
+def test_cli_fetch_and_audit(tmp_path, monkeypatch):
+    """`mediasan fetch` and `mediasan audit`, with settings from the environment as in production."""
+    import typer
+    from typer.testing import CliRunner
+
+    from worker import services as services_module
+    from worker import settings as settings_module
+    from worker.cli_access import register
+
     services = build(tmp_path)
     up = standard_world(services, tmp_path)
-    env = dict(os.environ, MEDIASAN_DATA_DIR=str(tmp_path / "data"))
-    env.pop("MEDIASAN_STORAGE_URL", None)
-    env.pop("MEDIASAN_DATABASE_URL", None)
-    runner = ("import typer; from worker.cli_access import register; app = typer.Typer(); register(app); "
-              "app(prog_name='mediasan')")
+    monkeypatch.setenv("MEDIASAN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MEDIASAN_STORAGE_URL", raising=False)
+    monkeypatch.delenv("MEDIASAN_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for cached in (settings_module.get_settings, services_module.get_services):
+        cached.cache_clear()
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
 
     def run(*args):
-        return subprocess.run([sys.executable, "-c", runner, *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=60)
+        return runner.invoke(app, list(args))
 
-    out = tmp_path / "copy.jpg"
-    assert run("fetch", "up-dsny-1", "--as", "agency:DSNY", "-o", str(out)).returncode == 0
-    assert out.read_bytes() == up["dsny"].copy
-    refused = run("fetch", "up-dsny-1", "--as", "agency:DSNY", "--original", "--purpose", "x", "-o",
-                  str(tmp_path / "no.jpg"))
-    assert refused.returncode == 2 and not (tmp_path / "no.jpg").exists()
-    assert run("fetch", "up-dsny-1", "--as", "restricted", "--original", "-o", str(tmp_path / "no.jpg")).returncode == 2
-    ok = run("fetch", "up-dsny-1", "--as", "restricted", "--original", "--purpose", "FOIL 17", "-o",
-             str(tmp_path / "orig.jpg"))
-    assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "orig.jpg").read_bytes() == up["dsny"].original
-    assert run("fetch", "up-dsny-1", "--as", "boss", "-o", str(tmp_path / "x")).returncode != 0
+    try:
+        out = tmp_path / "copy.jpg"
+        assert run("fetch", "up-dsny-1", "--as", "agency:DSNY", "-o", str(out)).exit_code == 0
+        assert out.read_bytes() == up["dsny"].copy
+        refused = run("fetch", "up-dsny-1", "--as", "agency:DSNY", "--original", "--purpose", "x", "-o",
+                      str(tmp_path / "no.jpg"))
+        assert refused.exit_code == 2 and not (tmp_path / "no.jpg").exists()
+        assert run("fetch", "up-dsny-1", "--as", "restricted", "--original", "-o",
+                   str(tmp_path / "no.jpg")).exit_code == 2
+        ok = run("fetch", "up-dsny-1", "--as", "restricted", "--original", "--purpose", "FOIL 17", "-o",
+                 str(tmp_path / "orig.jpg"))
+        assert ok.exit_code == 0, ok.output
+        assert (tmp_path / "orig.jpg").read_bytes() == up["dsny"].original
+        assert run("fetch", "up-dsny-1", "--as", "boss", "-o", str(tmp_path / "x")).exit_code != 0
 
-    listed = run("audit", "--upload", "up-dsny-1", "--json")
-    assert listed.returncode == 0, listed.stderr
-    rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [(r["role"], r["action"], r["outcome"], r["purpose"]) for r in rows] == [
-        ("agency:DSNY", "read_original", "denied", "x"), ("restricted", "read_original", "denied", None),
-        ("restricted", "read_original", "allowed", "FOIL 17")]
-    assert all(r["actor"].startswith("cli:") for r in rows)
-    assert run("audit", "--since", "1h", "--json").stdout.count("\n") == 3
-    assert run("audit", "--since", "2999-01-01", "--json").stdout == ""
-    assert run("audit").returncode == 0
+        listed = run("audit", "--upload", "up-dsny-1", "--json")
+        assert listed.exit_code == 0, listed.output
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [(r["role"], r["action"], r["outcome"], r["purpose"]) for r in rows] == [
+            ("agency:DSNY", "read_original", "denied", "x"), ("restricted", "read_original", "denied", None),
+            ("restricted", "read_original", "allowed", "FOIL 17")]
+        assert all(r["actor"].startswith("cli:") for r in rows)
+        assert run("audit", "--since", "1h", "--json").stdout.count("\n") == 3
+        assert run("audit", "--since", "2999-01-01", "--json").stdout == ""
+        assert run("audit", "--since", "yesterday").exit_code != 0
+        assert run("audit").exit_code == 0
+
+        token = run("api-token", "--actor", "j.doe", "--role", "agency:DSNY")
+        assert token.exit_code == 0
+        from worker.api import token_digest
+        secret = token.stdout.strip()
+        assert len(secret) >= 40 and token_digest(secret) in token.stderr and "j.doe=agency:DSNY" in token.stderr
+        assert run("api-token", "--actor", "w", "--role", "service").exit_code != 0
+    finally:
+        for cached in (settings_module.get_settings, services_module.get_services):
+            cached.cache_clear()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -351,12 +352,11 @@ class S3Store:
 
     @classmethod
     def from_options(cls, prefix: str, options: dict[str, str]) -> "S3Store":
-        import boto3
         from botocore.config import Config
 
         endpoint_url = options.get("endpoint_url") or None
         style = options.get("addressing_style") or ("path" if endpoint_url else "auto")
-        session = boto3.session.Session()
+        session = _boto_session()
         region = options.get("region") or session.region_name or "us-east-1"
         client = session.client(
             "s3", endpoint_url=endpoint_url, region_name=region,
@@ -549,6 +549,14 @@ class S3Store:
             raise StorageError(f"cannot delete {key}: {e}") from e
         except self._boto_error() as e:
             raise StorageError(f"cannot delete {key}: {e}") from e
+
+
+@functools.lru_cache(maxsize=1)
+def _boto_session():
+    """One boto3 session a process: each new session reloads the S3 service model (about a second),
+    and credentials resolve once through the standard chain."""
+    import boto3
+    return boto3.session.Session()
 
 
 def _stream_body(body, key: str, chunk_size: int) -> Iterator[bytes]:
