@@ -208,7 +208,8 @@ def mb(kb: int | None) -> str:
 def print_tables(rows: list[dict], corpus: dict | str | None, meta: dict, iterations: int) -> None:
     m = meta["machine"]
     console.print(f"\n[bold]sanitize_file[/] on {m['cores']} cores ({m['cpu']}), {iterations} run(s) per format, "
-                  f"commit {m['commit']}, {m['date']}")
+                  f"commit {m['commit']}, {m['date']}, load average {meta['loadavg_1m_before_after'][0]} before, "
+                  f"{meta['loadavg_1m_before_after'][1]} after")
     table = Table("format", "sample MB", "copy", "fix", "median s", "p95 s", "first s", "MB/s", "files/s", "CPU s",
                   "peak RSS MB\n(- import base)", "tools peak MB")
     for r in rows:
@@ -255,12 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown format(s) {unknown}; known: {', '.join(samples.SAMPLES)}")
 
     started = time.perf_counter()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mediasan-bench-") as tmp:
         work = Path(tmp)
         sample_dir = args.samples or work / "samples"
         rows, meta = bench_formats(names, iterations, sample_dir, work)
         corpus = "skipped (--no-corpus)" if args.no_corpus else bench_corpus(work)
     meta["machine"] = machine()
+    # other work on the machine stretches wall times (CPU s does not move much): say how busy it was
+    meta["loadavg_1m_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     meta["total_s"] = time.perf_counter() - started
     results = {"meta": meta, "iterations": iterations, "formats": rows, "corpus": corpus,
                "worker_end_to_end": "not measured"}
