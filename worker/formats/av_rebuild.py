@@ -4,17 +4,24 @@ Only the first real video stream (never a cover picture) and the first audio str
 every tag, chapter, data/subtitle/timecode track (GoPro GPMF, Apple ``mebx`` timed metadata) is
 left behind. Packets are copied untouched; ``bitexact`` keeps ffmpeg from writing its own name
 and creation times; the display matrix (rotation) travels as stream side data and is checked.
+
+When ffmpeg cannot copy a file, the lossless fallback below neutralises its boxes in place instead.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import ffmpeg
 
-from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.base import Limits, Rebuilt
-from worker.formats.boxes import chunk_offsets, file_size, read_payload, walk
+from worker.errors import SanitizeError, corrupt, too_large, unsupported
+from worker.formats.av_inspect import inspect_copy
+from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
+from worker.formats.boxes import (ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_offsets, chunk_ranges,
+                                  dref_is_external, file_size, header_times, iter_boxes, read_payload,
+                                  sample_entry_children, sample_entry_types, walk)
 from worker.tools import ffprobe, run_tool
 
 # boxes that hold metadata; named in the report when the source had them
@@ -64,9 +71,18 @@ def check_limits(probe: dict, limits: Limits) -> None:
         raise too_large(f"{duration:.0f} s long, over the limit of {limits.max_duration_s:.0f} s")
 
 
-def structure_report(src: Path) -> set[str]:
-    """Walk the source: the metadata boxes it holds, and truncated if samples point past its end."""
+@dataclass(frozen=True)
+class Source:
+    """What a walk of the source found before any tool ran."""
+
+    metadata: frozenset[str]       # names of the metadata boxes it holds
+    media_missing: bool            # some sample tables point past the end of the file
+
+
+def structure_report(src: Path) -> Source:
+    """Walk the source: its metadata boxes, whether media data is missing; refuse reference movies."""
     found: set[str] = set()
+    missing = False
     with open(src, "rb") as f:
         size = file_size(f)
         for _, box in walk(f, 0, size):
@@ -74,9 +90,14 @@ def structure_report(src: Path) -> set[str]:
                 found.add(METADATA_BOXES[box.type])
             elif box.type in (b"stco", b"co64"):
                 offsets = chunk_offsets(read_payload(f, box, MAX_SAMPLE_TABLE), box.type == b"co64")
-                if any(offset >= size for offset in offsets):
-                    raise truncated("the file ends before the media data its sample tables point to")
-    return found
+                missing = missing or any(offset >= size for offset in offsets)
+            elif box.type == b"dref" and dref_is_external(read_payload(f, box, MAX_SAMPLE_TABLE)):
+                # a QuickTime reference movie: the frames are other files, named by path in an alias
+                raise unsupported("the movie's media data lives in other files (a QuickTime reference movie)")
+            elif box.type == b"stsd" and set(sample_entry_types(f, box)) & ENCRYPTED_ENTRIES:
+                # nobody can play it without the buyer's key, and its sinf names the buyer's account
+                raise unsupported("the media is encrypted (DRM)")
+    return Source(frozenset(found), missing)
 
 
 MUXINGS = {
@@ -113,19 +134,12 @@ def remux_args(src: Path, dst: Path, muxing: Muxing, indexes: list[int]) -> list
     return out.global_args("-nostdin", "-v", "error").overwrite_output().compile()
 
 
-def rebuild_with(targets: tuple[str, ...], src: Path, dst: Path, limits: Limits) -> Rebuilt:
-    """Remux ``src`` into the first of ``targets`` whose muxer takes its codecs.
-
-    MOV inputs are written as MP4 first: the QuickTime muxer adds sound-description atoms
-    (``wave``/``frma``, ``chan``) that readers show as tags, and MP4 plays everywhere.
-    """
-    boxes_removed = structure_report(src)     # first: a file without its media data says so
-    probe = ffprobe(src, limits)
-    check_limits(probe, limits)
-    video, audio = pick_streams(probe)
-    if video is None and audio is None:
-        raise unsupported("no video or audio stream to keep")
-    indexes = [s["index"] for s in (video, audio) if s is not None]
+def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict | None, dict | None],
+           limits: Limits) -> Muxing:
+    """Stream-copy the kept streams into the first of ``targets`` whose muxer takes their codecs;
+    ``corrupt`` when none does, or when the copy lacks a stream that was kept."""
+    video, audio = streams
+    indexes = [s["index"] for s in streams if s is not None]
     for attempt, name in enumerate(targets):
         target = _muxing_for(name, video is not None)
         try:
@@ -135,15 +149,37 @@ def rebuild_with(targets: tuple[str, ...], src: Path, dst: Path, limits: Limits)
             # a muxer refusing a codec exits non-zero like a bad input does; the next one may take it
             if e.code != "corrupt" or attempt == len(targets) - 1:
                 raise
-
-    copy = ffprobe(dst, limits)
-    copy_video, copy_audio = pick_streams(copy)
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits))
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
-        raise corrupt("ffmpeg could not copy every kept stream (the input's media data is unreadable)")
+        # ffmpeg writes a stream only once it has a packet of it: none means no frame was readable
+        raise corrupt("ffmpeg could not copy every kept stream (no readable frames)")
     if rotation(copy_video) != rotation(video):
         raise SanitizeError("tool_failed", f"rotation {rotation(video)} became {rotation(copy_video)} in the copy")
+    return target
 
-    removed = sorted(boxes_removed)
+
+def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limits: Limits) -> Rebuilt:
+    """The agency copy of ``src`` (identified as ``name``): an ffmpeg stream copy into the first of
+    ``targets`` whose muxer takes its codecs, else the boxes of ``src`` neutralised in place.
+
+    MOV inputs are written as MP4 first: the QuickTime muxer adds sound-description atoms
+    (``wave``/``frma``, ``chan``) that readers show as tags, and MP4 plays everywhere.
+    """
+    source = structure_report(src)
+    probe = ffprobe(src, limits)
+    check_limits(probe, limits)
+    video, audio = pick_streams(probe)
+    if video is None and audio is None:
+        raise unsupported("no video or audio stream to keep")
+    try:
+        target = _remux(targets, src, dst, (video, audio), limits)
+    except SanitizeError as refusal:
+        if refusal.code != "corrupt":
+            raise
+        return neutralise_fallback(name, src, dst, refusal, source, (video, audio), limits)
+
+    removed = sorted(source.metadata)
+    indexes = [s["index"] for s in (video, audio) if s is not None]
     dropped = [s for s in probe.get("streams") or [] if s.get("index") not in indexes]
     removed += [f"{'cover picture' if _is_cover(s) else s.get('codec_type', 'unknown') + ' stream'} "
                 f"{s.get('codec_tag_string') or s.get('codec_name') or ''}".strip() for s in dropped]
@@ -153,3 +189,211 @@ def rebuild_with(targets: tuple[str, ...], src: Path, dst: Path, limits: Limits)
         removed.append("container tags")
     return Rebuilt(format=target.format_name, media_type=target.media_type, extension=target.extension,
                    removed=tuple(removed))
+
+
+# --- the lossless fallback: neutralise the boxes in place -------------------------------------
+#
+# When ffmpeg cannot stream-copy a file (no readable frame: a file cut short whose sample tables
+# point past its end; a codec no muxer takes), the copy is the file itself with every box outside
+# the allow-list below turned into a zeroed ``free`` box of the same size. Nothing moves, so every
+# size and chunk offset stays valid; the times in mvhd/tkhd/mdhd, the handler and compressor names
+# are zeroed; mdat bytes that no kept track uses (a dropped timed-metadata or chapter track's
+# samples, leftovers) are zeroed too.
+#
+# Such a copy may play little or nothing: its upload did not hold the frames. It is still the
+# upload, minus everything that names a place, person, device or time, and ffprobe opens it; the
+# agency gets what the citizen sent, and the original stays restricted. So it is sanitized, not
+# rejected, when and only when the verifier's own walk (``av_inspect``) finds it clean.
+
+KEEP_TOP = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"})
+BLANK_TOP = frozenset({b"free", b"skip", b"wide"})      # kept as they are, payload zeroed
+KEEP_CHILDREN = {
+    b"moov": frozenset({b"mvhd", b"trak"}),
+    b"trak": frozenset({b"tkhd", b"edts", b"mdia"}),
+    b"edts": frozenset({b"elst"}),
+    b"mdia": frozenset({b"mdhd", b"hdlr", b"minf"}),
+    b"minf": frozenset({b"vmhd", b"smhd", b"dinf", b"stbl"}),   # stbl is kept whole
+    b"dinf": frozenset({b"dref"}),
+}
+TIMED = frozenset({b"mvhd", b"tkhd", b"mdhd"})
+KEPT_TRACKS = (b"vide", b"soun")
+COMPRESSOR_NAME = (50, 82)     # bytes of a visual sample entry, from its start
+
+
+@dataclass
+class Plan:
+    """What neutralising one file does: boxes turned into zeroed ``free``, byte ranges zeroed."""
+
+    blank: list[Box] = field(default_factory=list)
+    zero: list[tuple[int, int]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    tracks: list[tuple[bytes, Box]] = field(default_factory=list)    # kept (handler, stbl)
+
+    def drop(self, box: Box, label: str | None = None) -> None:
+        self.blank.append(box)
+        self.removed.append(label or METADATA_BOXES.get(box.type) or f"{box.name} box")
+
+
+def _handler(f: BinaryIO, trak: Box) -> bytes:
+    for path, box in walk(f, trak.payload_start, trak.end, descend_meta=False):
+        if box.type == b"hdlr" and path[-1:] == (b"mdia",):
+            return read_payload(f, box, 4096)[8:12]
+    return b"none"
+
+
+def _plan_children(f: BinaryIO, parent: Box, handler: bytes, plan: Plan) -> None:
+    for box in iter_boxes(f, parent.payload_start, parent.end):
+        if box.type in KEEP_CHILDREN[parent.type]:
+            _plan_box(f, box, handler, plan)
+        else:
+            plan.drop(box)
+
+
+def _plan_box(f: BinaryIO, box: Box, handler: bytes, plan: Plan) -> None:
+    """One allow-listed box of a kept track (or the mvhd): zero what in it names a time or a tool."""
+    if box.type in TIMED:
+        payload = read_payload(f, box, 4096)
+        header_times(payload)                   # checks the fields are there
+        width = 16 if payload[0] == 1 else 8
+        plan.zero.append((box.payload_start + 4, box.payload_start + 4 + width))
+    elif box.type == b"hdlr" and box.payload_size > 24:
+        plan.zero.append((box.payload_start + 24, box.end))       # the handler's name
+    elif box.type == b"dref" and dref_is_external(read_payload(f, box, MAX_SAMPLE_TABLE)):
+        raise unsupported("the movie's media data lives in other files (a QuickTime reference movie)")
+    elif box.type == b"stbl":
+        plan.tracks.append((handler, box))
+        _plan_sample_entries(f, box, handler, plan)
+    if box.type in KEEP_CHILDREN:
+        _plan_children(f, box, handler, plan)
+
+
+def _plan_sample_entries(f: BinaryIO, stbl: Box, handler: bytes, plan: Plan) -> None:
+    """Drop what a sample entry holds beyond decoder configuration (an iTunes ``pinf`` names the
+    buyer), and zero each visual entry's 32-byte compressor name (it can name the device's encoder)."""
+    stsd = next((b for b in iter_boxes(f, stbl.payload_start, stbl.end) if b.type == b"stsd"), None)
+    if stsd is None:
+        return
+    for child in sample_entry_children(f, stsd, handler):
+        if child.type not in SAMPLE_ENTRY_BOXES:
+            plan.drop(child, f"{child.name} in the sample description")
+    if handler == b"vide":
+        for entry in iter_boxes(f, stsd.payload_start + 8, stsd.end):
+            if entry.header == 8 and entry.end - entry.start >= COMPRESSOR_NAME[1]:
+                plan.zero.append((entry.start + COMPRESSOR_NAME[0], entry.start + COMPRESSOR_NAME[1]))
+
+
+def plan_neutralise(f: BinaryIO) -> Plan:
+    """Decide, by allow-list, what neutralising the open file changes. Reads only; raises
+    SanitizeError when the file's structure or sample tables do not hold together."""
+    size = file_size(f)
+    plan = Plan()
+    mdats: list[Box] = []
+    for box in iter_boxes(f, 0, size):
+        if box.type not in KEEP_TOP:
+            plan.drop(box)
+        elif box.type in BLANK_TOP:
+            plan.zero.append((box.payload_start, box.end))
+        elif box.type == b"mdat":
+            mdats.append(box)
+        elif box.type == b"moov":
+            for child in iter_boxes(f, box.payload_start, box.end):
+                if child.type == b"trak":
+                    handler = _handler(f, child)
+                    if handler in KEPT_TRACKS and handler not in (h for h, _ in plan.tracks):
+                        _plan_box(f, child, handler, plan)
+                        continue
+                    plan.drop(child, f"{handler.decode('latin-1').strip() or 'unnamed'} track")
+                elif child.type == b"mvhd":
+                    _plan_box(f, child, b"", plan)
+                else:
+                    plan.drop(child)
+    if not plan.tracks:
+        raise unsupported("no video or sound track to keep")
+    kept = sorted(r for _, stbl in plan.tracks for r in chunk_ranges(f, stbl, size))
+    plan.zero += _unused_media(kept, mdats)
+    return plan
+
+
+def _unused_media(kept: list[tuple[int, int]], mdats: list[Box]) -> list[tuple[int, int]]:
+    """The ranges of mdat payload no kept chunk covers; every kept chunk inside the file must lie
+    inside one mdat (a track reading its samples from another box is not a layout we keep)."""
+    gaps: list[tuple[int, int]] = []
+    inside = {m.start: [] for m in mdats}
+    for start, end in kept:
+        home = next((m for m in mdats if m.payload_start <= start and end <= m.end), None)
+        if home is None:
+            raise corrupt(f"a kept track's samples at {start} lie outside every mdat")
+        inside[home.start].append((start, end))
+    for m in mdats:
+        pos = m.payload_start
+        for start, end in sorted(inside[m.start]):
+            if start > pos:
+                gaps.append((pos, start))
+            pos = max(pos, end)
+        if pos < m.end:
+            gaps.append((pos, m.end))
+    return gaps
+
+
+def _size_header(box: Box) -> int:
+    """The size and type fields (8 bytes, 16 with a largesize), without a uuid's extended type."""
+    return box.header - (16 if box.type == b"uuid" else 0)
+
+
+def _zero(f: BinaryIO, start: int, end: int) -> None:
+    f.seek(start)
+    block = bytes(min(end - start, 1 << 20))
+    while start < end:
+        n = min(len(block), end - start)
+        f.write(block[:n])
+        start += n
+
+
+def apply_plan(path: Path, plan: Plan) -> None:
+    """Carry ``plan`` out on ``path`` (a byte copy of the source), in place; no size changes."""
+    with open(path, "r+b") as f:
+        for box in plan.blank:
+            f.seek(box.start + 4)
+            f.write(b"free")
+            _zero(f, box.start + _size_header(box), box.end)
+        for start, end in plan.zero:
+            _zero(f, start, end)
+
+
+def neutralise_fallback(name: str, src: Path, dst: Path, refusal: SanitizeError, source: Source,
+                        streams: tuple[dict | None, dict | None], limits: Limits) -> Rebuilt:
+    """The neutralised copy of ``src`` when ffmpeg refused it; ffmpeg's refusal stands (with the
+    reason added) unless the copy is clean to the verifier's walk and ffprobe sees the kept streams."""
+    try:
+        return _neutralise(name, src, dst, source, streams, limits)
+    except SanitizeError as e:
+        dst.unlink(missing_ok=True)
+        raise SanitizeError(refusal.code, f"{refusal.message}; nor could its boxes be neutralised: {e.message}") \
+            from None
+
+
+def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[dict | None, dict | None],
+                limits: Limits) -> Rebuilt:
+    from worker.formats.isobmff import classify     # isobmff imports this module; the copy is judged as identify will
+
+    with open(src, "rb") as f:
+        plan = plan_neutralise(f)
+    shutil.copyfile(src, dst)
+    apply_plan(dst, plan)
+    findings = inspect_copy(dst)
+    if findings:
+        raise corrupt("the copy would still hold " + "; ".join(findings[:5]))
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits))
+    video, audio = streams
+    if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
+        raise corrupt("ffprobe does not see the kept streams in the copy")
+    has_video = any(handler == b"vide" for handler, _ in plan.tracks)
+    family = {"3ga": "3gp", "m4a": "mp4"}.get(name, name)
+    target = MUXINGS[family if family == "mov" else _muxing_for(family, has_video).format_name]
+    with open(dst, "rb") as f:
+        seen = classify(f.read(HEAD_BYTES))
+    if seen != target.format_name:
+        raise corrupt(f"the copy would be identified as {seen}, not {target.format_name}")
+    removed = sorted(source.metadata | set(plan.removed))
+    return Rebuilt(format=target.format_name, media_type=target.media_type, extension=target.extension,
+                   removed=(*removed, "boxes neutralised in place: ffmpeg could not copy the streams"))

@@ -8,6 +8,8 @@ crafted file cannot make the walk run away.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -21,6 +23,7 @@ CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl", b"udta", b"
 META = b"meta"
 MAX_DEPTH = 16
 MAX_BOXES = 200_000
+MAX_TABLE = 64 << 20       # one sample table (stco, stsz, stsc): 16 million entries
 
 
 @dataclass(frozen=True)
@@ -169,3 +172,140 @@ def header_times(payload: bytes) -> tuple[int, int]:
             raise corrupt("version 1 time header shorter than its fields")
         return struct.unpack_from(">QQ", payload, 4)
     return struct.unpack_from(">II", payload, 4)
+
+
+def _samples_per_chunk(stsc: bytes, chunks: int) -> array:
+    """How many samples each of ``chunks`` chunks holds, from an ``stsc`` payload (runs of chunks)."""
+    if len(stsc) < 8:
+        raise corrupt("stsc box shorter than its header")
+    count = struct.unpack(">I", stsc[4:8])[0]
+    if count > (len(stsc) - 8) // 12:
+        raise corrupt(f"stsc lists {count} entries, room for {(len(stsc) - 8) // 12}")
+    runs = [struct.unpack_from(">II", stsc, 8 + i * 12) for i in range(count)]
+    out = array("I", bytes(4 * chunks))
+    for i, (first, per_chunk) in enumerate(runs):
+        nxt = runs[i + 1][0] if i + 1 < count else chunks + 1
+        if first < 1 or nxt <= first:
+            raise corrupt("stsc runs do not start at increasing chunk numbers")
+        for chunk in range(first - 1, min(nxt - 1, chunks)):
+            out[chunk] = per_chunk
+    return out
+
+
+def _sample_sizes(box_type: bytes, payload: bytes) -> tuple[int, int, array | None]:
+    """(constant size or 0, sample count, sizes or None) of an ``stsz`` or ``stz2`` payload."""
+    if len(payload) < 12:
+        raise corrupt(f"{box_type.decode()} box shorter than its header")
+    if box_type == b"stsz":
+        constant, count = struct.unpack_from(">II", payload, 4)
+        if constant:
+            return constant, count, None
+        if count > (len(payload) - 12) // 4:
+            raise corrupt(f"stsz lists {count} sizes, room for {(len(payload) - 12) // 4}")
+        sizes = array("I", payload[12:12 + 4 * count])
+        if sys.byteorder == "little":
+            sizes.byteswap()
+        return 0, count, sizes
+    field, count = payload[7], struct.unpack_from(">I", payload, 8)[0]   # stz2: 4, 8 or 16 bits a sample
+    if field not in (4, 8, 16) or count > (len(payload) - 12) * 8 // field:
+        raise corrupt("stz2 field size or sample count does not fit the box")
+    body = payload[12:]
+    if field == 16:
+        sizes = array("I", (struct.unpack_from(">H", body, 2 * i)[0] for i in range(count)))
+    elif field == 8:
+        sizes = array("I", body[:count])
+    else:
+        sizes = array("I", ((body[i // 2] >> (0 if i % 2 else 4)) & 15 for i in range(count)))
+    return 0, count, sizes
+
+
+def chunk_ranges(f: BinaryIO, stbl: Box, file_end: int) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` holding one track's samples, as its sample table says.
+
+    Only chunks that start inside the file are listed (a file cut short keeps tables pointing past
+    its end); their ends are clipped to ``file_end``. Tables that contradict each other are corrupt.
+    """
+    tables = {box.type: box for box in iter_boxes(f, stbl.payload_start, stbl.end)}
+    offsets_box = tables.get(b"co64") or tables.get(b"stco")
+    if offsets_box is None:
+        return []
+    offsets = list(chunk_offsets(read_payload(f, offsets_box, MAX_TABLE), offsets_box.type == b"co64"))
+    if all(offset >= file_end for offset in offsets):
+        return []
+    if b"stsc" not in tables:
+        raise corrupt("a track with chunks but no stsc (samples per chunk)")
+    per_chunk = _samples_per_chunk(read_payload(f, tables[b"stsc"], MAX_TABLE), len(offsets))
+    sizes_box = tables.get(b"stsz") or tables.get(b"stz2")
+    if sizes_box is None:
+        raise corrupt("a track with chunks but no stsz (sample sizes)")
+    constant, count, sizes = _sample_sizes(sizes_box.type, read_payload(f, sizes_box, MAX_TABLE))
+    ranges, sample = [], 0
+    for offset, n in zip(offsets, per_chunk):
+        if sample + n > count:
+            raise corrupt(f"the chunks hold more samples than the {count} the sample size table lists")
+        if offset < file_end:
+            length = constant * n if constant else sum(sizes[sample:sample + n])
+            if length:
+                ranges.append((offset, min(offset + length, file_end)))
+        sample += n
+    return ranges
+
+
+def dref_is_external(payload: bytes) -> bool:
+    """Whether a ``dref`` payload points at media in another file (an entry without the
+    self-contained flag: a URL or a Mac alias, which also names folders and volumes)."""
+    if len(payload) < 8:
+        raise corrupt("dref box shorter than its header")
+    count, pos = struct.unpack(">I", payload[4:8])[0], 8
+    for _ in range(count):
+        if len(payload) - pos < 12:
+            raise corrupt("dref lists more entries than it holds")
+        size = struct.unpack(">I", payload[pos:pos + 4])[0]
+        if size < 12 or size > len(payload) - pos:
+            raise corrupt(f"dref entry of {size} bytes runs past the box")
+        if not payload[pos + 11] & 1:
+            return True
+        pos += size
+    return False
+
+
+# sample entries of encrypted (DRM) media: iTunes FairPlay and Common Encryption
+ENCRYPTED_ENTRIES = frozenset({b"drms", b"drmi", b"drmt", b"enca", b"encv", b"enct", b"encs", b"encm", b"encf"})
+
+
+def sample_entry_types(f: BinaryIO, stsd: Box) -> list[bytes]:
+    """The four-character codes of an ``stsd``'s sample entries (codecs such as avc1, mp4a, drms)."""
+    if stsd.payload_size < 8:
+        raise corrupt("stsd box shorter than its header")
+    return [entry.type for entry in iter_boxes(f, stsd.payload_start + 8, stsd.end)]
+
+
+# what a sample entry may hold after its fixed fields: decoder configuration and display hints only
+# (not an iTunes `pinf` purchase record, a `sinf`, a vendor `uuid`)
+SAMPLE_ENTRY_BOXES = frozenset({
+    b"esds", b"avcC", b"hvcC", b"av1C", b"vpcC", b"dOps", b"dfLa", b"alac", b"damr", b"dawp", b"d263",
+    b"dac3", b"dec3", b"dac4", b"dmlp", b"ddts", b"glbl", b"lhvC", b"hvcE", b"dvcC", b"dvvC", b"dvwC",
+    b"colr", b"pasp", b"btrt", b"clap", b"fiel", b"gama", b"mdcv", b"clli", b"CoLL", b"SmDm", b"st3d",
+    b"sv3d", b"SA3D", b"chan", b"chnl", b"wave", b"enda", b"m4ds", b"ccst", b"amve",
+})
+VISUAL_FIELDS = 78                               # after the 8-byte header of a visual sample entry
+SOUND_FIELDS = {0: 28, 1: 44, 2: 64}             # by the sound description's version
+
+
+def sample_entry_children(f: BinaryIO, stsd: Box, handler: bytes) -> Iterator[Box]:
+    """The boxes after the fixed fields of each sample entry of a video or sound track's ``stsd``."""
+    if stsd.payload_size < 8:
+        raise corrupt("stsd box shorter than its header")
+    for entry in iter_boxes(f, stsd.payload_start + 8, stsd.end):
+        if handler == b"vide":
+            fixed = VISUAL_FIELDS
+        elif handler == b"soun":
+            f.seek(entry.payload_start + 8)
+            version = struct.unpack(">H", f.read(2).rjust(2, b"\0"))[0]
+            if version not in SOUND_FIELDS:
+                raise corrupt(f"sound description version {version}")
+            fixed = SOUND_FIELDS[version]
+        else:
+            continue
+        if entry.payload_size > fixed:
+            yield from iter_boxes(f, entry.payload_start + fixed, entry.end)

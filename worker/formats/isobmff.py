@@ -16,7 +16,7 @@ from worker.errors import SanitizeError
 from worker.formats.av_inspect import inspect_copy
 from worker.formats.av_rebuild import rebuild_with
 from worker.formats.base import Format
-from worker.formats.boxes import iter_boxes, walk
+from worker.formats.boxes import iter_boxes, read_payload, walk
 from worker.formats.mp4_location import locate
 
 # brands of still images (the heif module's) and other non-AV ISO-BMFF files: never ours
@@ -80,23 +80,56 @@ def _has_quicktime_atoms(head: bytes) -> bool:
 
 
 def _has_video_track(head: bytes) -> bool | None:
-    """True/False when the whole moov is in the head (a vide handler or not); None when it is not."""
+    """Whether the tracks say video: True when a ``vide`` handler lies inside the head, False when
+    every track was seen without one, None when the head does not tell.
+
+    Every track was seen when the whole moov is in the head, or when the tracks whose handlers the
+    head holds number exactly 1 .. mvhd's next_track_ID - 1 (how muxers number them): a long audio
+    file's sample tables push its moov past the head, but its one track's handler comes first.
+    """
     f = io.BytesIO(head)
     try:
-        for box in iter_boxes(f, 0, 1 << 62):
-            if box.end > len(head):
-                return None
-            if box.type != b"moov":
-                continue
-            for path, inner in walk(f, box.payload_start, box.end, descend_meta=False):
-                if inner.type == b"hdlr" and path[-1:] == (b"mdia",):
-                    f.seek(inner.payload_start + 8)
-                    if f.read(4) == b"vide":
-                        return True
-            return False
+        moov = next((box for box in iter_boxes(f, 0, 1 << 62) if box.type == b"moov"), None)
     except SanitizeError:
+        return None           # the head ends before a moov
+    if moov is None:
         return None
+    handlers: dict[int, bytes] = {}
+    next_track = None
+    complete = moov.end <= len(head)
+    try:
+        for box in iter_boxes(f, moov.payload_start, moov.end):
+            if box.type == b"mvhd":
+                payload = read_payload(f, box, 4096)
+                at = 108 if payload[:1] == b"\1" else 96
+                next_track = struct.unpack_from(">I", payload, at)[0] if len(payload) >= at + 4 else None
+            elif box.type == b"trak":
+                track_id, handler = _track_id_and_handler(f, box)
+                handlers[track_id] = handler
+    except SanitizeError:
+        complete = False      # the head ends inside the moov
+    if b"vide" in handlers.values():
+        return True
+    if complete or (next_track and b"" not in handlers.values() and set(handlers) == set(range(1, next_track))):
+        return False
     return None
+
+
+def _track_id_and_handler(f, trak) -> tuple[int, bytes]:
+    """A trak's track_ID (tkhd) and media handler (mdia/hdlr), b"" when it lies beyond the head."""
+    track_id, handler = 0, b""
+    try:
+        for path, box in walk(f, trak.payload_start, trak.end, descend_meta=False):
+            if box.type == b"tkhd" and not path:
+                payload = read_payload(f, box, 4096)
+                at = 20 if payload[:1] == b"\1" else 12
+                track_id = struct.unpack_from(">I", payload, at)[0] if len(payload) >= at + 4 else 0
+            elif box.type == b"hdlr" and path[-1:] == (b"mdia",):
+                handler = read_payload(f, box, 4096)[8:12]
+                break
+    except SanitizeError:
+        pass
+    return track_id, handler
 
 
 def _brand_is_audio(head: bytes) -> bool:
@@ -130,7 +163,7 @@ MEDIA_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "3gp": "video/3gpp"
 
 def _format(name: str, kind: str, extensions: tuple[str, ...]) -> Format:
     return Format(name=name, kind=kind, media_type=MEDIA_TYPES[name], accept=partial(_accepts, name),
-                  locate=locate, rebuild=partial(rebuild_with, TARGETS[name]), inspect=inspect_copy,
+                  locate=locate, rebuild=partial(rebuild_with, name, TARGETS[name]), inspect=inspect_copy,
                   extensions=extensions)
 
 
