@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from worker.cli_access import register as register_access
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The 311 media sanitizer.")
 
 
@@ -137,6 +139,8 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     used.add(candidate)
     return candidate
 
+
+register_access(app)
 
 if __name__ == "__main__":
     app()

@@ -9,8 +9,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint,
-                        create_engine, event, select, update)
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
+                        UniqueConstraint, create_engine, event, select, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -95,7 +95,7 @@ class Variant(Base):
     variant: Mapped[str] = mapped_column(String(16))     # original | sanitized
     key: Mapped[str] = mapped_column(String(200), unique=True)
     sha256: Mapped[str] = mapped_column(String(64))
-    bytes: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
     media_type: Mapped[str | None] = mapped_column(String(127))
     tags: Mapped[dict] = mapped_column(JSON)
     sanitizer_version: Mapped[str] = mapped_column(String(32))

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     sweep_interval_s: int = 60
     stale_received_s: int = 10 * 60         # a received job untouched this long may have lost its message
 
+    # investigators' API (worker/api.py): sha256 hex of each bearer token -> "actor=role",
+    # e.g. MEDIASAN_API_TOKENS='{"<sha256>": "j.doe=agency:DSNY"}'; `mediasan api-token` makes entries
+    api_tokens: dict[str, str] = Field(default_factory=dict)
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

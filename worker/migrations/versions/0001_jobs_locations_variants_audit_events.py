@@ -82,7 +82,7 @@ def upgrade() -> None:
     sa.Column('variant', sa.String(length=16), nullable=False),
     sa.Column('key', sa.String(length=200), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('bytes', sa.Integer(), nullable=False),
+    sa.Column('bytes', sa.BigInteger(), nullable=False),
     sa.Column('media_type', sa.String(length=127), nullable=True),
     sa.Column('tags', sa.JSON(), nullable=False),
     sa.Column('sanitizer_version', sa.String(length=32), nullable=False),
