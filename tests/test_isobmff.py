@@ -280,7 +280,7 @@ def test_neutralising_zeroes_dropped_tracks_samples(sanitized, tmp_path):
     assert inspect_copy(copy) == []
     assert readback.stream_hashes(copy) == readback.stream_hashes(src)
     assert abs(_rotation(readback.ffprobe(copy))) == 90
-    assert {"tmcd track", "text track", "meta", "udta"} <= set(plan.removed)
+    assert {"tmcd track", "text track", "udta", "tref box"} <= set(plan.removed)
 
 
 def test_verifier_flags_unzeroed_free_space_and_unused_media(sanitized, tmp_path):
