@@ -75,6 +75,8 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         verify_copy(tmp, rebuilt)
         os.replace(tmp, dst)
         report.status, report.format, report.media_type = "sanitized", rebuilt.format, rebuilt.media_type
+        # identify() sees only the head; the copy's format was decided from the whole file
+        report.kind = formats.by_name(rebuilt.format).kind
         report.output, report.removed = str(dst), rebuilt.removed
     except SanitizeError as e:
         report.status, report.error = e.status, e
