@@ -16,10 +16,11 @@ QUEUE = "mediasan"
 def filesystem_transport_options(settings: Settings) -> dict:
     """kombu's filesystem broker under the data folder; processed messages are kept for inspection."""
     root = settings.resolved_data_dir() / "broker"
-    queue, processed = root / "queue", root / "processed"
-    for folder in (queue, processed):
+    queue, processed, control = root / "queue", root / "processed", root / "control"
+    for folder in (queue, processed, control):
         folder.mkdir(parents=True, exist_ok=True)
-    return {"data_folder_in": str(queue), "data_folder_out": str(queue),
+    # control_folder defaults to ./control, relative to wherever the process happens to run
+    return {"data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control),
             "processed_folder": str(processed), "store_processed": True}
 
 
