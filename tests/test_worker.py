@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fixtures.jpeg import android_phone_jpeg
+from tests.moto_s3 import moto_endpoint, s3_url  # noqa: F401  (fixture)
 from tests.readback import exiftool, sensitive_tags
 from tests.workerproc import (POSTGRES_URL, REDIS_URL, WorkerProcess, drop_postgres_schema, flush_redis,
                               fresh_postgres_schema, require, wait_final)
@@ -19,12 +20,18 @@ from worker.services import build_services
 from worker.settings import Settings
 
 
-@pytest.fixture(params=["embedded", "redis+postgresql"])
+@pytest.fixture(params=["embedded", "redis+postgresql", "redis+postgresql+s3"])
 def deployment(request, tmp_path):
-    """Settings for one deployment, a running worker on them, and the test's own Services."""
+    """Settings for one deployment, a running worker on them, and the test's own Services.
+
+    The S3 deployment writes through moto's server over real HTTP (buckets created first, as an
+    operator would).
+    """
     env = {"MEDIASAN_DATA_DIR": str(tmp_path / "data")}
     cleanup = []
-    if request.param == "redis+postgresql":
+    if request.param.endswith("+s3"):
+        env["MEDIASAN_STORAGE_URL"] = s3_url(request.getfixturevalue("moto_endpoint"))
+    if request.param.startswith("redis+postgresql"):
         require(REDIS_URL, 6379, "Redis")
         require(POSTGRES_URL, 5432, "PostgreSQL")
         flush_redis(REDIS_URL)
@@ -32,8 +39,11 @@ def deployment(request, tmp_path):
         cleanup.append(lambda: drop_postgres_schema(database_url))
         env.update(MEDIASAN_BROKER_URL=REDIS_URL, MEDIASAN_DATABASE_URL=database_url)
     settings = Settings(_env_file=None, data_dir=Path(env["MEDIASAN_DATA_DIR"]),
-                        broker_url=env.get("MEDIASAN_BROKER_URL"), database_url=env.get("MEDIASAN_DATABASE_URL"))
+                        broker_url=env.get("MEDIASAN_BROKER_URL"), database_url=env.get("MEDIASAN_DATABASE_URL"),
+                        storage_url=env.get("MEDIASAN_STORAGE_URL"))
     services = build_services(settings)
+    if hasattr(services.store, "ensure_buckets"):
+        services.store.ensure_buckets()
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     yield request.param, services, worker
     worker.stop()
