@@ -101,8 +101,6 @@ def test_reprocess_rebuilds_the_agency_copy_from_the_original(deployment, tmp_pa
         upload_id, "test-operator", "service", "sanitizer upgrade")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the worker/pipeline.py diff in the report: retention counted "
-                                       "from received_at, so a reprocess does not extend it")
 def test_reprocess_does_not_extend_retention(deployment, tmp_path):
     env, services, worker = deployment
     photo = tmp_path / "IMG_2.jpg"
@@ -121,8 +119,6 @@ def test_reprocess_does_not_extend_retention(deployment, tmp_path):
     assert windows() == before
 
 
-@pytest.mark.xfail(strict=True, reason="needs the worker/pipeline.py diff in the report: a reprocess that makes "
-                                       "no agency copy unpublishes the old one")
 def test_a_reprocess_that_now_rejects_takes_the_old_agency_copy_down(deployment, tmp_path):
     """As after a stricter sanitizer: the stored original no longer passes, so no agency copy may remain."""
     env, services, worker = deployment

@@ -250,13 +250,6 @@ def test_voice_notes_keep_their_original_14_days_photos_a_year(tmp_path):
         services.engine.dispose()
 
 
-def _purge_task_included() -> bool:
-    from worker.app import app
-    return "tasks.purge" in (app.conf.include or ())
-
-
-@pytest.mark.xfail(not _purge_task_included(), strict=True,
-                   reason="needs the worker/app.py diff in the report: tasks.purge in the include list")
 def test_the_purge_task_runs_in_a_real_worker(tmp_path):
     data = tmp_path / "data"
     services = build_services(Settings(_env_file=None, data_dir=data))

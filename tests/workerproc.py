@@ -97,7 +97,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def wait_final(services, upload_id: str, worker: WorkerProcess, timeout_s: float = 90) -> dict:
+def wait_final(services, upload_id: str, worker: WorkerProcess, timeout_s: float = 180) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = job_status(services=services, upload_id=upload_id)

@@ -27,7 +27,7 @@ def filesystem_transport_options(settings: Settings) -> dict:
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     broker = settings.resolved_broker_url()
-    app = Celery("mediasan", broker=broker, include=["tasks.sanitize", "tasks.sweep"])
+    app = Celery("mediasan", broker=broker, include=["tasks.sanitize", "tasks.sweep", "tasks.purge"])
     transport_options: dict = {}
     if broker.startswith("filesystem"):
         transport_options = filesystem_transport_options(settings)
@@ -50,7 +50,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        beat_schedule={"sweep": {"task": "tasks.sweep", "schedule": float(settings.sweep_interval_s)}},
+        beat_schedule={"sweep": {"task": "tasks.sweep", "schedule": float(settings.sweep_interval_s)},
+                       # retention (policy principle 4); every purge is conditional, so two beats are harmless
+                       "purge": {"task": "tasks.purge", "schedule": float(settings.purge_interval_s)}},
         timezone="UTC",
     )
     return app

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from worker.cli_access import register as register_access
+from worker.cli_batch import register as register_batch
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The 311 media sanitizer.")
 
@@ -141,6 +142,7 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 
 register_access(app)
+register_batch(app)
 
 if __name__ == "__main__":
     app()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import delete
+
 from worker import __version__, records
 from worker.errors import SanitizeError
 from worker.messages import UploadMessage
@@ -102,9 +104,10 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
         src = work / "upload"
         _fetch_source(msg, services, src)
         report = sanitize_file(src, work / "media", settings.limits())
-        now = records.utcnow()
-        retain_original = now + timedelta(days=(settings.retain_audio_original_days if report.kind == "audio"
-                                                else settings.retain_original_days))
+        # policy principle 4: retention runs from when the upload arrived, so a reprocess never extends it
+        retain_original = msg.received_at + timedelta(days=(settings.retain_audio_original_days
+                                                            if report.kind == "audio" else settings.retain_original_days))
+        retain_location = msg.received_at + timedelta(days=settings.retain_location_days)
         extension = _extension_of(report)
         stored_original = _store_original(msg, store, src, extension, _input_media_type(report))
         stored_copy: StoredObject | None = None
@@ -114,13 +117,15 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
                                          tags=agency_tags(msg), replace=True)
         with services.sessions() as session:
             fix = report.found.fix
-            if fix or report.found.captured_at:
+            # a copy from an earlier run is unpublished when this run makes none, or makes it under another key
+            old_copies = {v.key for v in records.variants_of(session, msg.upload_id) if v.variant == "sanitized"}
+            if (fix or report.found.captured_at) and retain_location > records.utcnow():   # never revive a purged one
                 records.upsert_location(
                     session, upload_id=msg.upload_id, complaint_id=msg.complaint_id,
                     values={"lat": fix.lat if fix else None, "lon": fix.lon if fix else None,
                             "alt": fix.alt if fix else None, "accuracy": fix.accuracy if fix else None,
                             "source": fix.source if fix else None, "captured_at": report.found.captured_at},
-                    retain_until=now + timedelta(days=settings.retain_location_days))
+                    retain_until=retain_location)
             records.upsert_variant(session, upload_id=msg.upload_id, variant="original", key=stored_original.key,
                                    sha256=stored_original.sha256, size=stored_original.bytes,
                                    media_type=_input_media_type(report), tags=stored_original.tags,
@@ -130,6 +135,9 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
                                        sha256=stored_copy.sha256, size=stored_copy.bytes,
                                        media_type=stored_copy.content_type, tags=stored_copy.tags,
                                        sanitizer_version=__version__, retain_until=None)
+            else:
+                session.execute(delete(records.Variant).where(records.Variant.upload_id == msg.upload_id,
+                                                              records.Variant.variant == "sanitized"))
             state = "done" if report.status == "sanitized" else report.status
             error = report.error
             finished = records.finish_job(session, msg.upload_id, attempt, state=state, kind=report.kind,
@@ -143,6 +151,8 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
             session.commit()
     # policy principle 4: the incoming copy is not needed once the original is kept under restriction
     store.delete(msg.source_key)
+    for key in old_copies - ({stored_copy.key} if stored_copy is not None else set()):
+        store.delete(key)
     log.info("upload %s %s (%s)", msg.upload_id, state, error.code if error else report.format)
     return Outcome(msg.upload_id, state, error.code if error else None)
 

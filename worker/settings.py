@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     retain_original_days: int = 365
     retain_audio_original_days: int = 14     # voice notes: policy 4.3
     retain_location_days: int = 365
+    purge_interval_s: int = 24 * 3600         # how often beat runs tasks.purge
 
     # reliability
     lease_s: int = 30 * 60                   # a claim lasts longer than the hard time limit
