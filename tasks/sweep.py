@@ -6,8 +6,7 @@ from datetime import timedelta
 
 from worker import records
 from worker.app import app
-from worker.intake import send_upload
-from worker.messages import UploadMessage
+from worker.intake import message_for, send_upload
 from worker.services import get_services
 
 log = logging.getLogger(__name__)
@@ -28,9 +27,3 @@ def sweep() -> int:
     if messages:
         log.info("sweep republished %d jobs", len(messages))
     return len(messages)
-
-
-def message_for(job: records.Job) -> UploadMessage:
-    return UploadMessage(upload_id=job.upload_id, complaint_id=job.complaint_id, channel=job.channel,
-                         source_key=job.source_key, filename=job.filename, content_type=job.content_type,
-                         agency=job.agency, received_at=job.received_at)

@@ -34,6 +34,13 @@ def enqueue_file(path: Path, *, services: Services, complaint_id: str, channel: 
     return upload_id
 
 
+def message_for(job: records.Job) -> UploadMessage:
+    """The task message of a job row: what the sweeper and reprocess re-send."""
+    return UploadMessage(upload_id=job.upload_id, complaint_id=job.complaint_id, channel=job.channel,
+                         source_key=job.source_key, filename=job.filename, content_type=job.content_type,
+                         agency=job.agency, received_at=job.received_at)
+
+
 def send_upload(services: Services, msg: UploadMessage) -> None:
     services.broker.send_task("tasks.sanitize_upload", kwargs=msg.as_kwargs())
 

@@ -20,7 +20,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from worker import records
-from worker.intake import send_upload
+from worker.intake import message_for, send_upload
 from worker.services import Services
 
 BATCH = 500
@@ -142,8 +142,6 @@ def _matching_ids(services: Services, filters: Filters) -> Iterator[str]:
 
 
 def _one(services: Services, upload_id: str, *, dry_run: bool, actor: str, purpose: str | None) -> Item:
-    from tasks.sweep import message_for
-
     with services.sessions() as session:
         job = session.get(records.Job, upload_id)
         state = job.state
