@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
+
+# One broker queue for this test session: test runs that share this machine's Redis never take each
+# other's messages. Worker subprocesses inherit it through the environment.
+os.environ.setdefault("MEDIASAN_QUEUE", f"mediasan-test-{uuid.uuid4().hex[:8]}")
 
 
 def corpus_rows(kind: str | None = None, formats: tuple[str, ...] = ()) -> list[dict]:

@@ -10,8 +10,6 @@ from celery import Celery
 
 from worker.settings import Settings, get_settings
 
-QUEUE = "mediasan"
-
 
 def filesystem_transport_options(settings: Settings) -> dict:
     """kombu's filesystem broker under the data folder; processed messages are kept for inspection."""
@@ -46,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        task_default_queue=QUEUE,
+        task_default_queue=settings.queue,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -78,11 +78,11 @@ def worker(
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run a Celery worker on the configured broker."""
-    from worker.app import QUEUE, app as celery_app
+    from worker.app import app as celery_app
     from worker.services import get_services
 
     get_services()   # migrate the database before the first task
-    argv = ["worker", f"--loglevel={loglevel}", "-Q", QUEUE, f"--concurrency={concurrency}", "--without-gossip",
+    argv = ["worker", f"--loglevel={loglevel}", "-Q", _settings().queue, f"--concurrency={concurrency}", "--without-gossip",
             "--without-mingle"]
     if beat:
         argv += ["-B", "--schedule", str(_settings().resolved_data_dir() / "beat-schedule")]

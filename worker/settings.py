@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None          # default: filesystem:// under data_dir
     database_url: str | None = None        # default: sqlite under data_dir
     storage_url: str | None = None         # default: file:// under data_dir
+    queue: str = "mediasan"                # the broker queue producers send tasks.sanitize_upload to
 
     # limits
     max_bytes: int = 2 * 1024**3
