@@ -22,10 +22,10 @@ from worker.sanitizer import sanitize_file
 from worker.verify import verify_copy
 
 LIMITS = Limits()
-# ExifTool fields of the MPEG audio frame header and of the LAME header frame (kept for gapless
-# playback): part of the audio stream, not a tag. readback's name pattern matches "copyright" and
-# "encoder", so they are named here.
-MPEG_STREAM_FIELDS = {"MPEG:CopyrightFlag", "MPEG:Encoder"}
+# ExifTool fields of the MPEG audio frame header: part of the audio stream, not a tag. readback's
+# name pattern matches "copyright", so it is named here. MPEG:Encoder (the LAME extension's encoder
+# name) is not: the copy blanks that extension, so ExifTool must find no encoder at all.
+MPEG_STREAM_FIELDS = {"MPEG:CopyrightFlag"}
 AUDIO_CORPUS_FORMATS = ("audio/mpeg", "audio/flac", "audio/ogg", "audio/x-wav", "audio/x-aiff",
                         "application/octet-stream")
 
@@ -52,7 +52,7 @@ def assert_clean_copy(src: Path, out: Path) -> None:
     probe = ffprobe(out)
     assert not (probe.get("format") or {}).get("tags")
     assert [s["codec_type"] for s in probe["streams"]] == ["audio"]
-    assert all(not s.get("tags") or set(s["tags"]) <= {"encoder"} for s in probe["streams"])
+    assert all(not s.get("tags") for s in probe["streams"])
     assert audio_hash(out) == audio_hash(src)
 
 
@@ -186,16 +186,210 @@ def test_lying_or_empty_inputs_get_clear_codes(raw, code, tmp_path):
     assert not list(tmp_path.glob("copy*"))
 
 
-def test_mp3_keeps_the_lame_header_frame_and_drops_only_tags(built, tmp_path):
+def _frames_only(raw: bytes) -> bytes:
+    """The MPEG frames of an MP3, every tag peeled off, nothing blanked (what the copy held before
+    the LAME extension was blanked)."""
     from worker.formats import mp3
 
-    report = sanitize_file(built["mp3"], tmp_path / "copy", LIMITS)
-    out = Path(report.output).read_bytes()
-    assert mp3.header_frame_text(out), "the Xing/Info header frame was dropped"
-    src = built["mp3"].read_bytes()
-    assert out in src, "the frames are not one byte-identical run of the input"
+    start = mp3.id3v2_size(raw, 0) or 0
+    end = mp3.peel_trailing_tags(raw, len(raw), [])
+    return raw[start:end]
+
+
+def _lame_fields(path: Path) -> list[str]:
+    return [k for k in exiftool_tags(path) if k == "MPEG:Encoder" or k.split(":", 1)[-1].startswith("Lame")]
+
+
+def _duration(path: Path) -> float:
+    return float(ffprobe(path)["format"]["duration"])
+
+
+def test_mp3_keeps_the_xing_fields_blanks_the_lame_extension_and_drops_only_tags(built, tmp_path):
+    from worker.formats import mp3
+
+    src = built["mp3"]
+    raw = src.read_bytes()
+    frames = _frames_only(raw)
+    assert audio.LAME_ENCODER in frames[:mp3.frame_header(frames, 0).length]
+    assert _lame_fields(src) == ["MPEG:Encoder"], "the fixture's header frame names no encoder"
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    copy = Path(report.output)
+    out = copy.read_bytes()
+    header = mp3.frame_header(out, 0)
+    fields_end = mp3.header_fields_end(out, 0, header, first=True)
+    assert mp3.header_frame_text(out) and fields_end is not None, "the Xing/Info header frame was dropped"
+    # the frame header, side information and Xing fields (frame count, byte count, TOC, scale) are
+    # the input's; from the LAME extension to the end of the frame the copy holds zeros
+    assert out[:fields_end] == frames[:fields_end]
+    assert fields_end + mp3.LAME_EXTENSION_SIZE <= header.length
+    assert out[fields_end:header.length] == bytes(header.length - fields_end)
+    assert frames[fields_end:fields_end + 9] == audio.LAME_ENCODER
+    # every audio frame after it is byte for byte the input's
+    assert out[header.length:] == frames[header.length:]
     assert {"ID3v1", "APEv2"} <= set(report.removed)
     assert any(r.startswith("ID3v2.4") and "APIC" in r for r in report.removed)
+    assert any("LAME extension" in r for r in report.removed)
+    # what readers now see: no encoder, no LAME settings; the same packets and the same duration
+    assert _lame_fields(copy) == []
+    assert all("encoder" not in (s.get("tags") or {}) for s in ffprobe(copy)["streams"])
+    assert audio_hash(copy) == audio_hash(src)
+    assert abs(_duration(copy) - _duration(src)) <= header.samples / header.sample_rate
+
+
+LAME_CORPUS = ("mat2/tests/data/dirty.mp3", "mutagen/tests/data/apev2-lyricsv2.mp3", "mediafile/test/rsrc/image.mp3")
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("relative_path", LAME_CORPUS)
+def test_corpus_lame_header_frames_name_no_encoder(relative_path, tmp_path):
+    """Real LAME files (3.93 to 3.99r; one CRC-protected, one mono): the encoder and its settings
+    are gone, the packets and the duration are not."""
+    from worker.formats import mp3
+
+    src = CORPUS / relative_path
+    if not src.exists():
+        pytest.skip("../shared/corpus is absent")
+    assert _lame_fields(src), "the corpus file no longer carries a LAME extension"
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized", report.error and report.error.as_dict()
+    copy = Path(report.output)
+    out = copy.read_bytes()
+    header = mp3.frame_header(out, 0)
+    assert mp3.header_fields_end(out, 0, header, first=True) is not None
+    assert b"LAME" not in out[:header.length]
+    assert _lame_fields(copy) == []
+    assert all(not s.get("tags") for s in ffprobe(copy)["streams"])
+    assert audio_hash(copy) == audio_hash(src)
+    assert abs(_duration(copy) - _duration(src)) <= header.samples / header.sample_rate
+
+
+def test_verifier_fails_on_a_lame_extension_put_back(built, tmp_path):
+    """The copy with its header frame restored to the input's (LAME extension, valid CRC): both the
+    structure walk and ffprobe's encoder tag must fail it."""
+    from worker.formats import mp3
+    from worker.formats.audio_inspect import ffprobe_findings
+    from worker.formats.base import Rebuilt
+
+    report = sanitize_file(built["mp3"], tmp_path / "copy", LIMITS)
+    out = Path(report.output)
+    copy = out.read_bytes()
+    length = mp3.frame_header(copy, 0).length
+    out.write_bytes(_frames_only(built["mp3"].read_bytes())[:length] + copy[length:])
+    assert any("encoder" in f for f in mp3.structure_findings(out.read_bytes()))
+    assert any("encoder" in f for f in ffprobe_findings(out))
+    with pytest.raises(SanitizeError) as e:
+        verify_copy(out, Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3"))
+    assert e.value.code == "verify_failed"
+    assert "encoder" in e.value.message
+
+
+def _vbri_frame(header: bytes, length: int, encoder: bytes) -> bytes:
+    """A Fraunhofer-style VBRI header frame: the VBRI fields, a two-entry seek table, then text."""
+    toc = (100).to_bytes(2, "big") + (200).to_bytes(2, "big")
+    vbri = (b"VBRI" + (1).to_bytes(2, "big") + (576).to_bytes(2, "big") + (75).to_bytes(2, "big")
+            + (5000).to_bytes(4, "big") + (40).to_bytes(4, "big") + (2).to_bytes(2, "big") + (1).to_bytes(2, "big")
+            + (2).to_bytes(2, "big") + (20).to_bytes(2, "big") + toc)
+    frame = header + bytes(32) + vbri + encoder
+    return frame + bytes(length - len(frame))
+
+
+def test_vbri_header_frame_keeps_its_fields_and_loses_what_follows(built, tmp_path):
+    from worker.formats import mp3
+
+    frames = _frames_only(built["mp3"].read_bytes())
+    length = mp3.frame_header(frames, 0).length
+    vbri = _vbri_frame(frames[:4], length, b"FhG encoder 1.2 Jane's laptop")
+    src = tmp_path / "vbri.mp3"
+    src.write_bytes(vbri + frames[length:])
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized", report.error and report.error.as_dict()
+    out = Path(report.output).read_bytes()
+    fields_end = mp3.VBRI_OFFSET + mp3.VBRI_FIELDS + 4
+    assert mp3.header_fields_end(out, 0, mp3.frame_header(out, 0), first=True) == fields_end
+    assert out[:fields_end] == vbri[:fields_end]
+    assert out[fields_end:length] == bytes(length - fields_end)
+    assert out[length:] == frames[length:]
+    assert b"Jane" not in out and b"FhG" not in out
+
+
+def test_a_header_frame_inside_the_stream_is_blanked_too(built, tmp_path):
+    """Two recordings glued together: the second one's LAME header frame is silence in the middle of
+    the audio and still names its encoder."""
+    from worker.formats import mp3
+
+    frames = _frames_only(built["mp3"].read_bytes())
+    src = tmp_path / "glued.mp3"
+    src.write_bytes(frames + frames)
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized", report.error and report.error.as_dict()
+    out = Path(report.output).read_bytes()
+    assert len(out) == 2 * len(frames)
+    assert "LAME extensions of 2 header frames (encoder name and settings)" in report.removed
+    length = mp3.frame_header(frames, 0).length
+    for start in (0, len(frames)):
+        header = out[start:start + length]
+        assert audio.LAME_ENCODER in frames[:length] and audio.LAME_ENCODER not in header
+        assert mp3.header_fields_end(out, start, mp3.frame_header(out, start), first=not start) is not None
+    # and only the two header frames changed (LAME's own "LAME3.100UUU" filler in the ancillary
+    # data of audio frames is audio-frame content: it stays, see mp3.py)
+    assert out[length:len(frames)] == frames[length:]
+    assert out[len(frames) + length:] == frames[length:]
+    assert mp3.structure_findings(out) == []
+
+
+def test_info_inside_real_audio_is_not_taken_for_a_header_frame(built):
+    """An audio frame (non-zero side information) that happens to hold "Info" where a header frame
+    would: later in the stream it is audio and must not be blanked."""
+    from worker.formats import mp3
+
+    frames = _frames_only(built["mp3"].read_bytes())
+    pos = 0
+    for _ in range(5):
+        pos += mp3.frame_header(frames, pos).length
+    audio_frame = bytearray(frames[pos:pos + mp3.frame_header(frames, pos).length])
+    assert mp3.frame_header(audio_frame, 0).length == len(audio_frame)
+    assert any(audio_frame[4:21]), "the fixture's audio frame has empty side information"
+    audio_frame[21:25] = b"Info"
+    assert mp3.header_fields_end(bytes(audio_frame), 0, mp3.frame_header(audio_frame, 0), first=False) is None
+    audio_frame[4:21] = bytes(17)
+    assert mp3.header_fields_end(bytes(audio_frame), 0, mp3.frame_header(audio_frame, 0), first=False) is not None
+
+
+def test_a_header_frame_and_a_cut_off_frame_is_truncated(built, tmp_path):
+    """Tag-reader test samples cut off after the first audio frame's start: the only whole frame is
+    the Xing/Info header, which holds no audio, and ffmpeg decodes nothing."""
+    from worker.formats import mp3
+
+    raw = built["mp3"].read_bytes()
+    frames = _frames_only(raw)
+    length = mp3.frame_header(frames, 0).length
+    src = tmp_path / "cut.mp3"
+    src.write_bytes(raw[:mp3.id3v2_size(raw, 0)] + frames[:length + 60])
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "rejected"
+    assert report.error.code == "truncated", report.error.as_dict()
+
+
+# tinytag's tag-reader samples: tags with one or no whole frame after them; ffmpeg fails on every
+# one, with the tags removed or not
+REJECTED_CORPUS = {
+    "tinytag/tinytag/tests/samples/chinese_id3.mp3": "truncated",        # Info frame + 71 bytes of the next
+    "tinytag/tinytag/tests/samples/id3_image_jfif.mp3": "truncated",     # Xing frame + a cut-off frame
+    "tinytag/tinytag/tests/samples/id3v22_image.mp3": "unsupported_format",   # an ID3v2.2 tag, nothing after it
+    "tinytag/tinytag/tests/samples/id3v1-latin1.mp3": "unsupported_format",   # 128 bytes of 0x55 and an ID3v1 tag
+}
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("relative_path", sorted(REJECTED_CORPUS))
+def test_corpus_tag_only_mp3s_are_rejected_with_the_right_code(relative_path, tmp_path):
+    src = CORPUS / relative_path
+    if not src.exists():
+        pytest.skip("../shared/corpus is absent")
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "rejected"
+    assert report.error.code == REJECTED_CORPUS[relative_path], report.error.as_dict()
+    assert not list(tmp_path.glob("copy*"))
 
 
 def test_flac_copy_is_streaminfo_and_frames(built, tmp_path):

@@ -61,12 +61,11 @@ def mutagen_findings(path: Path, file_type: type) -> list[str]:
     return findings
 
 
-def ffprobe_findings(path: Path, *, codec_type: str = "audio", header_frame: bytes = b"") -> list[str]:
+def ffprobe_findings(path: Path, *, codec_type: str = "audio") -> list[str]:
     """What ffprobe (ffmpeg's demuxers, a separate code base) still finds: tags, extra streams, chapters.
 
-    ``header_frame``: an MP3's Xing/Info header frame, kept for gapless playback. ffmpeg reports the
-    encoder version from its LAME tag as a stream ``encoder`` tag; that one value is allowed when it
-    is verbatim in the header frame, since it is part of the audio stream, not a tag container.
+    Every stream tag is a finding, ``encoder`` included: ffmpeg reports the encoder named in an
+    MP3's LAME extension that way, and mp3.py blanks that extension, so a clean copy has none.
     """
     from worker.tools import ffprobe
 
@@ -87,11 +86,7 @@ def ffprobe_findings(path: Path, *, codec_type: str = "audio", header_frame: byt
             findings.append(f"ffprobe stream {index} is {stream.get('codec_type')}, not {codec_type}")
         if (stream.get("disposition") or {}).get("attached_pic"):
             findings.append(f"ffprobe stream {index} is an attached picture")
-        tags = dict(stream.get("tags") or {})
-        encoder = tags.get("encoder", "")
-        if header_frame and encoder and encoder.encode("latin-1", "replace") in header_frame:
-            del tags["encoder"]
-        extra = set(tags) - ALLOWED_STREAM_TAGS
+        extra = set(stream.get("tags") or {}) - ALLOWED_STREAM_TAGS
         if extra:
             findings.append(f"ffprobe finds tags {sorted(extra)} on stream {index}")
     if probe.get("chapters"):
@@ -99,8 +94,8 @@ def ffprobe_findings(path: Path, *, codec_type: str = "audio", header_frame: byt
     return findings
 
 
-def reader_findings(path: Path, file_type: type | None, *, header_frame: bytes = b"") -> list[str]:
+def reader_findings(path: Path, file_type: type | None) -> list[str]:
     """Both independent readers, as every audio module's ``inspect`` ends (mutagen only where it
     knows the format: it has no AMR reader)."""
     findings = mutagen_findings(path, file_type) if file_type is not None else []
-    return findings + ffprobe_findings(path, header_frame=header_frame)
+    return findings + ffprobe_findings(path)

@@ -3,9 +3,23 @@
 An MP3 file is a run of self-describing MPEG audio frames with tags glued on wherever writers
 chose: ID3v2 at the start (sometimes several, sometimes appended at the end with a "3DI" footer),
 APEv2 and Lyrics3 before the end, ID3v1 in the last 128 bytes. The agency copy is the frames
-alone, byte for byte, from the first valid frame on (the Xing/Info/LAME or VBRI header frame is a
-frame and is kept: players need it for duration and gapless playback). Cover art inside ID3 may
-carry its own EXIF GPS; it goes with the tag.
+alone, byte for byte, from the first valid frame on. Cover art inside ID3 may carry its own EXIF
+GPS; it goes with the tag.
+
+The one exception to "byte for byte" is a Xing/Info or VBRI header frame: a frame of silence whose
+payload describes the stream. Its frame count, byte count and seek table are kept (players need
+them for the duration of a VBR file and for seeking); everything after them in the frame is set to
+zero in the copy. That is where LAME writes its extension: the encoder's name and version
+("LAME3.99r", "Lavc59.37"), its settings, ReplayGain, the encoder delay and padding and a CRC.
+Device, owner and software fields are copied nowhere, so the encoder name goes, and with it, by a
+privacy trade we choose, the gapless-playback trim: players no longer cut the encoder's ~1100
+samples of leading silence and the padding at the end (ffmpeg then reports a start time of 0
+instead of 0.025 s; the duration is unchanged, and no audio frame changes).
+
+Not blanked: LAME also pads the ancillary data of audio frames with its own name ("LAME3.99.3UUU",
+often in the last frames). Those bytes are inside audio frames, no tag reader (ExifTool, ffprobe,
+mutagen) reports them, and finding them safely means following Layer III's bit reservoir across
+frames; zeroing them would also change the packets. A known gap, stated here.
 
 MP3 has no standard place for a location, and ID3's TDRC/TYER is a release date, not a capture
 time, so ``locate`` finds nothing.
@@ -13,7 +27,7 @@ time, so ``locate`` finds nothing.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
@@ -41,6 +55,12 @@ LYRICS3_V1_MAX = 5100 + 11 + 9     # LYRICSBEGIN + up to 5100 bytes + LYRICSEND
 # frames at the start that must be followed by another frame to count (the header frame and the
 # first audio frame: a cut-and-pasted file can hold a stray sync between them)
 CONFIRMED_FRAMES = 3
+# the side information (bytes after the 4-byte frame header, before a Xing/Info tag) by [MPEG-1?][mono?]
+_SIDE_INFO = {(True, False): 32, (True, True): 17, (False, False): 17, (False, True): 9}
+XING_MARKERS = (b"Xing", b"Info")
+VBRI_OFFSET = 4 + 32               # Fraunhofer's VBRI tag sits at a fixed place whatever the mode
+VBRI_FIELDS = 26                   # "VBRI", version, delay, quality, bytes, frames, TOC entries, scale, entry size, frames per entry
+LAME_EXTENSION_SIZE = 36           # encoder string (9) ... tag CRC: what follows the Xing fields
 # how far past the tags the first frame may start (some writers leave zero padding after ID3v2)
 FIRST_FRAME_SEARCH = 64 * 1024
 
@@ -83,6 +103,40 @@ def frame_header(data, pos: int) -> FrameHeader | None:
     else:
         length, samples = 72 * bitrate // sample_rate + padding, 576
     return FrameHeader(version, layer, sample_rate, length, samples)
+
+
+def header_fields_end(data, pos: int, header: FrameHeader, *, first: bool) -> int | None:
+    """Where the fields players need end, as an offset in ``data``, when the frame at ``pos`` is a
+    Xing/Info or VBRI header frame; None for an audio frame.
+
+    Kept: the marker, the Xing flags, frame count, byte count, TOC and VBR scale; the VBRI version,
+    delay, quality, byte and frame counts and seek table (none names anything). After that, up to
+    the end of the frame, is the LAME extension (or nothing): the copy holds zeros there.
+
+    The first frame is judged as ffmpeg judges it (the marker right after the side information;
+    also after a CRC, which some writers count). A header frame later in the stream (two
+    recordings glued together) must also have all-zero side information, which no frame of
+    real audio has, so a chance "Info" in compressed audio is left alone.
+    """
+    frame = bytes(data[pos:pos + header.length])
+    mono = (frame[3] >> 6) == 3
+    side = _SIDE_INFO[(header.version == "1", mono)]
+    crc = 0 if frame[1] & 1 else 2
+
+    def silent_before(offset: int) -> bool:   # side information (after any CRC) all zero up to the marker
+        return first or not any(frame[4 + crc:offset])
+
+    for offset in dict.fromkeys((4 + side, 4 + crc + side)):
+        if frame[offset:offset + 4] in XING_MARKERS and offset + 8 <= len(frame) and silent_before(offset):
+            flags = int.from_bytes(frame[offset + 4:offset + 8], "big")
+            end = offset + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
+            return pos + min(end, len(frame))
+    if frame[VBRI_OFFSET:VBRI_OFFSET + 4] == b"VBRI" and VBRI_OFFSET + VBRI_FIELDS <= len(frame) \
+            and silent_before(VBRI_OFFSET):
+        entries = int.from_bytes(frame[VBRI_OFFSET + 18:VBRI_OFFSET + 20], "big")
+        entry_size = int.from_bytes(frame[VBRI_OFFSET + 22:VBRI_OFFSET + 24], "big")
+        return pos + min(VBRI_OFFSET + VBRI_FIELDS + entries * entry_size, len(frame))
+    return None
 
 
 def _syncsafe(raw: bytes) -> int | None:
@@ -130,6 +184,7 @@ def accept(head: bytes) -> bool:
 class Scan:
     frames: list[tuple[int, int]]     # [start, end) byte ranges of kept frames, merged where contiguous
     removed: list[str]
+    blanked: list[tuple[int, int]] = field(default_factory=list)  # [start, end) written as zeros: LAME extensions
     samples: int = 0
     sample_rate: int = 0
 
@@ -199,6 +254,7 @@ def scan(data, limits: Limits) -> Scan:
     end = peel_trailing_tags(data, len(data), removed)
     frames: list[tuple[int, int]] = []
     first: FrameHeader | None = None
+    blanked: list[tuple[int, int]] = []
     samples = 0
     junk = 0
     kept = 0
@@ -223,10 +279,16 @@ def scan(data, limits: Limits) -> Scan:
         if header is not None and (first is None or header.same_stream(first)):
             if pos + header.length > end and first is not None:
                 # a cut-off last frame is still audio: players (and ffmpeg) decode what there is
+                fields_end = header_fields_end(data, pos, header, first=False)
+                if fields_end is not None and fields_end < end and any(data[fields_end:end]):
+                    blanked.append((fields_end, end))
                 frames.append((pos, end))
                 break
             # like ffmpeg, trust a sync near the start only when the next frame follows where it says
             if kept >= CONFIRMED_FRAMES or _confirmed(data, pos, end, header):
+                fields_end = header_fields_end(data, pos, header, first=first is None)
+                if fields_end is not None and any(data[fields_end:pos + header.length]):
+                    blanked.append((fields_end, pos + header.length))
                 kept += 1
                 first = first or header
                 if frames and frames[-1][1] == pos:
@@ -245,16 +307,23 @@ def scan(data, limits: Limits) -> Scan:
         junk += nxt - pos
         pos = nxt
     if first is None:
+        if not junk:
+            raise unsupported(f"tags ({', '.join(removed) or 'none'}) and no MPEG audio")
         raise unsupported("no MPEG audio frames found (free-format MP3 is not supported)")
     if kept < 2:
         # players (ffmpeg among them) will not start on a single frame they cannot check against a second
-        raise truncated(f"{kept} complete MPEG audio frame(s): the audio is cut off")
+        header_only = kept == 1 and header_fields_end(data, frames[0][0], first, first=True) is not None
+        raise truncated(f"{kept} complete MPEG audio frame(s){' (the Xing/Info header, no audio)' if header_only else ''}"
+                        ": the audio is cut off")
     if junk:
         removed.append(f"non-audio data ({junk} bytes)")
+    if blanked:
+        removed.append("LAME extension of the header frame (encoder name and settings)" if len(blanked) == 1
+                       else f"LAME extensions of {len(blanked)} header frames (encoder name and settings)")
     duration = samples / first.sample_rate
     if duration > limits.max_duration_s:
         raise too_large(f"{duration:.0f} s of audio is over the limit of {limits.max_duration_s:.0f} s")
-    return Scan(frames=frames, removed=removed, samples=samples, sample_rate=first.sample_rate)
+    return Scan(frames=frames, removed=removed, blanked=blanked, samples=samples, sample_rate=first.sample_rate)
 
 
 def locate(path: Path, limits: Limits) -> Found:
@@ -265,7 +334,14 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     with mapped_file(src, limits) as data:
         result = scan(data, limits)
         with open(dst, "wb") as out:
+            blanks = iter(result.blanked)
+            blank = next(blanks, None)
             for start, stop in result.frames:
+                while blank is not None and blank[0] < stop:   # blanked ranges lie inside kept frames, in order
+                    out.write(data[start:blank[0]])
+                    out.write(bytes(blank[1] - blank[0]))
+                    start = blank[1]
+                    blank = next(blanks, None)
                 out.write(data[start:stop])
     return Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3", removed=tuple(result.removed))
 
@@ -283,6 +359,10 @@ def structure_findings(data) -> list[str]:
         if header is None or not header.same_stream(first):
             findings.append(f"bytes at {pos} are not an MPEG audio frame of the stream")
             break
+        fields_end = header_fields_end(data, pos, header, first=pos == 0)
+        if fields_end is not None and any(data[fields_end:pos + header.length]):
+            text = bytes(data[fields_end:fields_end + 9]).rstrip(b"\0").decode("latin-1")
+            findings.append(f"the header frame at {pos} keeps data after its Xing/VBRI fields (encoder {text!r})")
         pos += header.length
     size = len(data)
     if size >= ID3V1_SIZE and data[size - ID3V1_SIZE:size - ID3V1_SIZE + 3] == b"TAG":
@@ -297,16 +377,11 @@ def structure_findings(data) -> list[str]:
 
 
 def header_frame_text(data) -> bytes:
-    """The bytes of the first frame when it is a Xing/Info/VBRI header frame (no audio), else b"".
-
-    That frame's LAME tag names the encoder (ffmpeg reports it as the stream's ``encoder``); it is
-    kept because players need its delay and padding for gapless playback.
-    """
+    """The bytes of the first frame when it is a Xing/Info/VBRI header frame (no audio), else b""."""
     first = frame_header(data, 0)
-    if first is None:
+    if first is None or first.length > len(data) or header_fields_end(data, 0, first, first=True) is None:
         return b""
-    frame = bytes(data[:first.length])
-    return frame if any(marker in frame[:64] for marker in (b"Xing", b"Info", b"VBRI")) else b""
+    return bytes(data[:first.length])
 
 
 def inspect(path: Path) -> list[str]:
@@ -315,10 +390,9 @@ def inspect(path: Path) -> list[str]:
     try:
         with mapped_file(path) as data:
             findings = structure_findings(data)
-            header_frame = header_frame_text(data)
     except SanitizeError as e:
         return [f"the copy cannot be read: {e.message}"]
-    return findings + reader_findings(path, mutagen.mp3.MP3, header_frame=header_frame)
+    return findings + reader_findings(path, mutagen.mp3.MP3)
 
 
 FORMATS = [
