@@ -99,3 +99,14 @@ def reader_findings(path: Path, file_type: type | None) -> list[str]:
     knows the format: it has no AMR reader)."""
     findings = mutagen_findings(path, file_type) if file_type is not None else []
     return findings + ffprobe_findings(path)
+
+
+def inspect_copy(path: Path, structure_findings, file_type: type | None) -> list[str]:
+    """The whole ``inspect`` of a format whose structure walk reads the mapped bytes: that walk,
+    then both independent readers. A copy that cannot even be mapped is one finding."""
+    try:
+        with mapped_file(path) as data:
+            findings = structure_findings(data)
+    except SanitizeError as e:
+        return [f"the copy cannot be read: {e.message}"]
+    return findings + reader_findings(path, file_type)

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.audio_inspect import mapped_file, reader_findings
+from worker.formats.audio_inspect import inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
@@ -139,12 +139,7 @@ def structure_findings(data) -> list[str]:
 def inspect(path: Path) -> list[str]:
     import mutagen.flac
 
-    try:
-        with mapped_file(path) as data:
-            findings = structure_findings(data)
-    except SanitizeError as e:
-        return [f"the copy cannot be read: {e.message}"]
-    return findings + reader_findings(path, mutagen.flac.FLAC)
+    return inspect_copy(path, structure_findings, mutagen.flac.FLAC)
 
 
 FORMATS = [

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.audio_inspect import mapped_file, reader_findings
+from worker.formats.audio_inspect import inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -387,12 +387,7 @@ def header_frame_text(data) -> bytes:
 def inspect(path: Path) -> list[str]:
     import mutagen.mp3
 
-    try:
-        with mapped_file(path) as data:
-            findings = structure_findings(data)
-    except SanitizeError as e:
-        return [f"the copy cannot be read: {e.message}"]
-    return findings + reader_findings(path, mutagen.mp3.MP3)
+    return inspect_copy(path, structure_findings, mutagen.mp3.MP3)
 
 
 FORMATS = [

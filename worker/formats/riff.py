@@ -14,7 +14,7 @@ from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
 from worker.formats import iff
-from worker.formats.audio_inspect import mapped_file, reader_findings
+from worker.formats.audio_inspect import inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -116,12 +116,7 @@ def structure_findings(data) -> list[str]:
 def inspect(path: Path) -> list[str]:
     import mutagen.wave
 
-    try:
-        with mapped_file(path) as data:
-            findings = structure_findings(data)
-    except SanitizeError as e:
-        return [f"the copy cannot be read: {e.message}"]
-    return findings + reader_findings(path, mutagen.wave.WAVE)
+    return inspect_copy(path, structure_findings, mutagen.wave.WAVE)
 
 
 FORMATS = [
