@@ -15,8 +15,9 @@ FORMATS: list[Format] = []
 
 # Every supported family, in the order identification tries them. Magic bytes do not overlap
 # except inside ISO-BMFF, where heif (image brands) and isobmff (video and audio brands) each accept
-# only their own `ftyp` brands.
-FAMILIES = ("jpeg", "png", "webp", "gif", "heif", "tiff", "isobmff", "mp3", "flac", "ogg", "riff", "aiff", "amr")
+# only their own `ftyp` brands, and in Ogg, where ogg_video takes only a Theora first stream.
+FAMILIES = ("jpeg", "png", "webp", "gif", "heif", "tiff", "isobmff", "matroska", "mp3", "flac", "ogg_video", "ogg",
+            "riff", "aiff", "amr")
 
 
 def _register_all() -> None:

@@ -33,7 +33,7 @@ SPACE = frozenset({b"free", b"skip", b"wide"})
 BLOCK = 1 << 20
 
 
-def _nonzero(f, start: int, end: int) -> bool:
+def nonzero_bytes(f, start: int, end: int) -> bool:
     """Whether any byte in ``[start, end)`` is not zero; read in bounded blocks."""
     f.seek(start)
     while start < end:
@@ -55,10 +55,10 @@ def unused_media_findings(f, size: int, mdats: list[Box], stbls: list[Box]) -> l
         for start, end in ranges:
             if end <= pos or start >= m.end:
                 continue
-            if start > pos and _nonzero(f, pos, start):
+            if start > pos and nonzero_bytes(f, pos, start):
                 findings.append(f"mdat at {m.start} holds bytes no track reads ({pos}..{start})")
             pos = max(pos, end)
-        if pos < m.end and _nonzero(f, pos, m.end):
+        if pos < m.end and nonzero_bytes(f, pos, m.end):
             findings.append(f"mdat at {m.start} holds bytes no track reads ({pos}..{m.end})")
     return findings[:3]
 
@@ -68,7 +68,7 @@ def sample_entry_findings(f, stsd: Box, handler: bytes, where: str) -> list[str]
     findings = []
     for child in sample_entry_children(f, stsd, handler):
         if child.type in SPACE:
-            if _nonzero(f, child.payload_start, child.end):
+            if nonzero_bytes(f, child.payload_start, child.end):
                 findings.append(f"{where} entry holds unzeroed {child.name}")
         elif child.type not in SAMPLE_ENTRY_BOXES:
             findings.append(f"{where} entry holds {child.name}")
@@ -86,7 +86,7 @@ def box_findings(path: Path) -> list[str]:
         for box_path, box in walk(f, 0, size):
             where = "/".join(p.decode("latin-1") for p in box_path + (box.type,))
             if box.type in SPACE:
-                if _nonzero(f, box.payload_start, box.end):
+                if nonzero_bytes(f, box.payload_start, box.end):
                     findings.append(f"{where} at {box.start} is not zeroed")
             elif not box_path and box.type not in TOP_LEVEL:
                 findings.append(f"top-level box {where}")

@@ -29,7 +29,7 @@ from typing import BinaryIO, Iterator
 import ffmpeg
 
 from worker.errors import SanitizeError, corrupt, truncated, unsupported
-from worker.formats.av_inspect import _nonzero as nonzero    # to become public in av_inspect (see the report)
+from worker.formats.av_inspect import nonzero_bytes
 from worker.formats.av_rebuild import check_limits, pick_streams
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.ogg_video import probe_findings
@@ -314,7 +314,7 @@ def _walk(f: BinaryIO, parent: Element, where: str, allowed: dict, size: int, fi
         return
     for child in iter_elements(f, parent.data, parent.end(size)):
         if child.id in GLOBAL:
-            if child.id == VOID and nonzero(f, child.data, child.end(size)):
+            if child.id == VOID and nonzero_bytes(f, child.data, child.end(size)):
                 findings.append(f"Void at byte {child.start} in {where} is not zeroed")
             continue
         entry = allowed.get(child.id)
