@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import random
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 from typing import Callable

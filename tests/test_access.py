@@ -3,7 +3,6 @@ Run on the local store and on S3 (moto's server over HTTP)."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

@@ -5,7 +5,6 @@ itself is worker.sanitizer on files in a private temporary folder.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -20,7 +19,7 @@ from worker.errors import SanitizeError
 from worker.messages import UploadMessage
 from worker.sanitizer import Report, sanitize_file
 from worker.services import Services
-from worker.storage import StoredObject
+from worker.storage import StoredObject, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +58,13 @@ def agency_tags(msg: UploadMessage) -> dict[str, str]:
     return tags
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def process_upload(msg: UploadMessage, services: Services) -> Outcome:
     """Run one upload. Idempotent: a repeat of a finished upload changes nothing.
 
     Raises LeaseHeld when another worker is on it, and lets infrastructure errors (database,
     store) propagate after handing the job back, so the task can retry with backoff.
     """
-    settings, store = services.settings, services.store
+    settings = services.settings
     with services.sessions() as session:
         records.insert_job(session, upload_id=msg.upload_id, complaint_id=msg.complaint_id, channel=msg.channel,
                            agency=msg.agency, source_key=msg.source_key, filename=msg.filename,
@@ -177,7 +168,7 @@ class SourceMissing(Exception):
 
 def _store_original(msg: UploadMessage, store, src: Path, extension: str, media_type: str | None) -> StoredObject:
     """Keep the original bit-exact under restriction and check the store holds exactly those bytes."""
-    expected = sha256_of(src)
+    expected, _ = file_sha256(src)
     stored = store.put_file(original_key(msg.upload_id, extension), src, content_type=media_type or "application/octet-stream", tags=original_tags(msg))
     if stored.sha256 != expected:
         raise SanitizeError("internal", f"the stored original's sha256 {stored.sha256} is not the upload's {expected}")
