@@ -137,3 +137,50 @@ def test_bad_input_is_rejected_and_the_worker_goes_on(deployment, tmp_path, cont
     good = tmp_path / "good.jpg"
     android_phone_jpeg(good)
     assert wait_final(services, enqueue_file(good, services=services, complaint_id="311-2002"), worker)["state"] == "done"
+
+
+def _every_kind_of_upload(folder: Path) -> list[tuple[Path, tuple[float, float] | None, str]]:
+    """One upload of each family a phone or browser sends: (file, the fix it holds, the copy's format)."""
+    from fixtures import audio, heif, lossless, video
+
+    samples = []
+    for builder, name, copy_format in (
+        (lossless.png_with_text_and_exif, "screenshot.png", "png"),
+        (heif.iphone_like_heic, "IMG_0001.HEIC", "jpeg"),
+        (video.iphone_like_mov, "IMG_0002.MOV", "mp4"),
+        (video.voice_memo_m4a, "Memo.m4a", "m4a"),
+        (audio.mp3_with_all_tags, "note.mp3", "mp3"),
+    ):
+        path = folder / name
+        result = builder(path)
+        samples.append((path, result if isinstance(result, tuple) else None, copy_format))
+    return samples
+
+
+@pytest.mark.parametrize("deployment", ["embedded"], indirect=True)
+def test_every_family_through_the_worker(deployment, tmp_path):
+    name, services, worker = deployment
+    for path, fix, copy_format in _every_kind_of_upload(tmp_path):
+        upload_id = enqueue_file(path, services=services, complaint_id="311-3001", agency="DEP")
+        info = wait_final(services, upload_id, worker)
+        assert info["state"] == "done", (path.name, info)
+        assert info["format"] == copy_format, (path.name, info["format"])
+        variants = {v["variant"]: v for v in info["variants"]}
+        stored_original, stored_copy = tmp_path / f"{upload_id}.orig", tmp_path / f"{upload_id}.copy"
+        services.store.get_file(variants["original"]["key"], stored_original)
+        services.store.get_file(variants["sanitized"]["key"], stored_copy)
+        assert stored_original.read_bytes() == path.read_bytes()
+        assert sensitive_tags(exiftool(stored_copy)) == [], path.name
+        with services.sessions() as session:
+            location = session.get(records.Location, upload_id)
+            original = session.scalars(select(records.Variant).where(records.Variant.upload_id == upload_id,
+                                                                     records.Variant.variant == "original")).one()
+            job = session.get(records.Job, upload_id)
+            if fix is None:
+                assert location is None or location.lat is None, path.name
+            else:
+                assert (location.lat, location.lon) == (pytest.approx(fix[0], abs=1e-6),
+                                                        pytest.approx(fix[1], abs=1e-6)), path.name
+            # policy 4.3: a voice note's original is kept 14 days, a photo's or a video's a year
+            days = (original.retain_until - job.received_at).days
+            assert days == (14 if job.kind == "audio" else 365), (path.name, job.kind, days)
