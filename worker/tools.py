@@ -27,9 +27,10 @@ def _cap_memory(limit: int):
 def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.CompletedProcess:
     """Run ``args`` (never a shell string). Returns the completed process when it exited 0.
 
-    Raises SanitizeError: ``timeout`` past limits.timeout_s; ``tool_failed`` when the tool is missing
-    or killed by a signal (crash, memory cap); ``corrupt`` when it exits non-zero on its own, since
-    ffmpeg does that for input it cannot read.
+    Raises SanitizeError: ``timeout`` past limits.timeout_s; ``tool_failed`` when the tool is missing,
+    cannot start under the memory cap, or is killed by a signal (a crash); ``too_large`` when the
+    input needs more memory than the cap; ``corrupt`` when it exits non-zero otherwise, since ffmpeg
+    does that for input it cannot read.
     """
     exe = shutil.which(args[0])
     if exe is None:
@@ -43,8 +44,15 @@ def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.Comple
         name = signal.Signals(-proc.returncode).name
         raise SanitizeError("tool_failed", f"{what}: {args[0]} was killed by {name}")
     if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-        raise SanitizeError("corrupt", f"{what}: {args[0]} could not read the input: {tail[0][:300]}")
+        stderr = proc.stderr.decode("utf-8", "replace")
+        tail = (stderr.strip().splitlines()[-1:] or ["no message"])[0][:300]
+        cap = f"{limits.memory_bytes // (1 << 20)} MiB"
+        if "error while loading shared libraries" in stderr:
+            # the tool could not even start under the cap: a setting of ours, not the upload's fault
+            raise SanitizeError("tool_failed", f"{what}: {args[0]} cannot start under its {cap} memory cap: {tail}")
+        if "Cannot allocate memory" in stderr:
+            raise SanitizeError("too_large", f"{what}: the input needs more than the {cap} memory cap")
+        raise SanitizeError("corrupt", f"{what}: {args[0]} could not read the input: {tail}")
     return proc
 
 
