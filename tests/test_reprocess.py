@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fixtures.jpeg import android_phone_jpeg
-from tests.workerproc import (POSTGRES_URL, REDIS_URL, WorkerProcess, drop_postgres_schema, flush_redis,
-                              fresh_postgres_schema, require, wait_final)
+from tests.workerproc import running_deployment, wait_final
 from worker import records
 from worker.intake import enqueue_file, job_status
 from worker.reprocess import Filters, reopen_job, reprocess
@@ -27,25 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(params=["embedded", "redis+postgresql"])
 def deployment(request, tmp_path):
-    """The environment of one deployment, a running worker on it, and the test's own Services."""
-    env = {"MEDIASAN_DATA_DIR": str(tmp_path / "data")}
-    cleanup = []
-    if request.param == "redis+postgresql":
-        require(REDIS_URL, 6379, "Redis")
-        require(POSTGRES_URL, 5432, "PostgreSQL")
-        flush_redis(REDIS_URL)
-        database_url = fresh_postgres_schema(POSTGRES_URL)
-        cleanup.append(lambda: drop_postgres_schema(database_url))
-        env.update(MEDIASAN_BROKER_URL=REDIS_URL, MEDIASAN_DATABASE_URL=database_url)
-    settings = Settings(_env_file=None, data_dir=Path(env["MEDIASAN_DATA_DIR"]),
-                        broker_url=env.get("MEDIASAN_BROKER_URL"), database_url=env.get("MEDIASAN_DATABASE_URL"))
-    services = build_services(settings)
-    worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    yield env, services, worker
-    worker.stop()
-    services.engine.dispose()
-    for step in cleanup:
-        step()
+    """(env, services, worker) of one deployment."""
+    with running_deployment(request.param, tmp_path) as running:
+        yield running
 
 
 def variants(info: dict) -> dict:

@@ -8,47 +8,20 @@ import pytest
 from sqlalchemy import func, select
 
 from fixtures.jpeg import android_phone_jpeg
-from tests.moto_s3 import moto_endpoint, s3_url  # noqa: F401  (fixture)
+from tests.moto_s3 import moto_endpoint  # noqa: F401  (fixture)
 from tests.readback import exiftool, sensitive_tags
-from tests.workerproc import (POSTGRES_URL, REDIS_URL, WorkerProcess, drop_postgres_schema, flush_redis,
-                              fresh_postgres_schema, require, wait_final)
+from tests.workerproc import running_deployment, wait_final
 from worker import records
 from worker.intake import enqueue_file, send_upload
 from worker.messages import UploadMessage
-from worker.services import build_services
-from worker.settings import Settings
 
 
 @pytest.fixture(params=["embedded", "redis+postgresql", "redis+postgresql+s3"])
 def deployment(request, tmp_path):
-    """Settings for one deployment, a running worker on them, and the test's own Services.
-
-    The S3 deployment writes through moto's server over real HTTP (buckets created first, as an
-    operator would).
-    """
-    env = {"MEDIASAN_DATA_DIR": str(tmp_path / "data")}
-    cleanup = []
-    if request.param.endswith("+s3"):
-        env["MEDIASAN_STORAGE_URL"] = s3_url(request.getfixturevalue("moto_endpoint"))
-    if request.param.startswith("redis+postgresql"):
-        require(REDIS_URL, 6379, "Redis")
-        require(POSTGRES_URL, 5432, "PostgreSQL")
-        flush_redis(REDIS_URL)
-        database_url = fresh_postgres_schema(POSTGRES_URL)
-        cleanup.append(lambda: drop_postgres_schema(database_url))
-        env.update(MEDIASAN_BROKER_URL=REDIS_URL, MEDIASAN_DATABASE_URL=database_url)
-    settings = Settings(_env_file=None, data_dir=Path(env["MEDIASAN_DATA_DIR"]),
-                        broker_url=env.get("MEDIASAN_BROKER_URL"), database_url=env.get("MEDIASAN_DATABASE_URL"),
-                        storage_url=env.get("MEDIASAN_STORAGE_URL"))
-    services = build_services(settings)
-    if hasattr(services.store, "ensure_buckets"):
-        services.store.ensure_buckets()
-    worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    yield request.param, services, worker
-    worker.stop()
-    services.engine.dispose()
-    for step in cleanup:
-        step()
+    """(name, services, worker) of one deployment; the S3 one writes through moto's server over HTTP."""
+    endpoint = request.getfixturevalue("moto_endpoint") if request.param.endswith("+s3") else None
+    with running_deployment(request.param, tmp_path, s3_endpoint=endpoint) as (env, services, worker):
+        yield request.param, services, worker
 
 
 def sha256(data: bytes) -> str:

@@ -1,6 +1,7 @@
 """A real `mediasan worker` process for tests, on whatever broker, database and store the env names."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -107,3 +108,41 @@ def wait_final(services, upload_id: str, worker: WorkerProcess, timeout_s: float
             pytest.fail(f"the worker exited with {worker.proc.returncode}:\n{worker.log()}")
         time.sleep(0.25)
     pytest.fail(f"upload {upload_id} not final after {timeout_s} s: {info}\nworker log:\n{worker.log()}")
+
+
+@contextlib.contextmanager
+def running_deployment(kind: str, folder: Path, *, s3_endpoint: str | None = None):
+    """One deployment's environment, a running worker on it, and the test's own Services.
+
+    kind: "embedded", "redis+postgresql" or "redis+postgresql+s3" (the store on the S3 server at
+    ``s3_endpoint``, buckets created first as an operator would). Yields (env, services, worker).
+    """
+    from worker.services import build_services
+    from worker.settings import Settings
+
+    env = {"MEDIASAN_DATA_DIR": str(folder / "data")}
+    cleanup = []
+    if kind.endswith("+s3"):
+        from tests.moto_s3 import s3_url
+        env["MEDIASAN_STORAGE_URL"] = s3_url(s3_endpoint)
+    if kind.startswith("redis+postgresql"):
+        require(REDIS_URL, 6379, "Redis")
+        require(POSTGRES_URL, 5432, "PostgreSQL")
+        flush_redis(REDIS_URL)
+        database_url = fresh_postgres_schema(POSTGRES_URL)
+        cleanup.append(lambda: drop_postgres_schema(database_url))
+        env.update(MEDIASAN_BROKER_URL=REDIS_URL, MEDIASAN_DATABASE_URL=database_url)
+    settings = Settings(_env_file=None, data_dir=Path(env["MEDIASAN_DATA_DIR"]),
+                        broker_url=env.get("MEDIASAN_BROKER_URL"), database_url=env.get("MEDIASAN_DATABASE_URL"),
+                        storage_url=env.get("MEDIASAN_STORAGE_URL"))
+    services = build_services(settings)
+    if hasattr(services.store, "ensure_buckets"):
+        services.store.ensure_buckets()
+    worker = WorkerProcess(env, folder / "worker.log").start()
+    try:
+        yield env, services, worker
+    finally:
+        worker.stop()
+        services.engine.dispose()
+        for step in cleanup:
+            step()
