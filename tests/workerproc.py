@@ -73,15 +73,16 @@ def flush_redis(url: str) -> None:
 class WorkerProcess:
     """`python -m worker.cli worker` in a subprocess with the given MEDIASAN_* environment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, *, beat: bool = False):
         self.env = dict(os.environ, **env)
         self.log_path = log_path
+        self.beat = beat
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--concurrency", "1",
-                                      "--no-beat", "--loglevel", "INFO"],
+                                      "--beat" if self.beat else "--no-beat", "--loglevel", "INFO"],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
@@ -111,7 +112,8 @@ def wait_final(services, upload_id: str, worker: WorkerProcess, timeout_s: float
 
 
 @contextlib.contextmanager
-def running_deployment(kind: str, folder: Path, *, s3_endpoint: str | None = None):
+def running_deployment(kind: str, folder: Path, *, s3_endpoint: str | None = None, beat: bool = False,
+                       extra_env: dict[str, str] | None = None):
     """One deployment's environment, a running worker on it, and the test's own Services.
 
     kind: "embedded", "redis+postgresql" or "redis+postgresql+s3" (the store on the S3 server at
@@ -120,7 +122,7 @@ def running_deployment(kind: str, folder: Path, *, s3_endpoint: str | None = Non
     from worker.services import build_services
     from worker.settings import Settings
 
-    env = {"MEDIASAN_DATA_DIR": str(folder / "data")}
+    env = {"MEDIASAN_DATA_DIR": str(folder / "data"), **(extra_env or {})}
     cleanup = []
     if kind.endswith("+s3"):
         from tests.moto_s3 import s3_url
@@ -138,7 +140,7 @@ def running_deployment(kind: str, folder: Path, *, s3_endpoint: str | None = Non
     services = build_services(settings)
     if hasattr(services.store, "ensure_buckets"):
         services.store.ensure_buckets()
-    worker = WorkerProcess(env, folder / "worker.log").start()
+    worker = WorkerProcess(env, folder / "worker.log", beat=beat).start()
     try:
         yield env, services, worker
     finally:
