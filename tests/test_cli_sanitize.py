@@ -1,0 +1,83 @@
+"""`mediasan sanitize --json` as a user runs it: one process, the JSON contract of DESIGN.md, exit status."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CORPUS, corpus_rows, expected_fix
+from tests.readback import exiftool, sensitive_tags
+from worker.errors import FAILING_CODES, REJECTING_CODES
+
+CONTRACT_KEYS = {"input", "status", "kind", "format", "output", "location", "captured_at", "removed", "error"}
+
+
+def run_sanitize(paths: list[Path], out: Path) -> tuple[int, list[dict], str]:
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "sanitize", "--json", "--out", str(out),
+                           *map(str, paths)], capture_output=True, text=True, timeout=1800)
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, reports, proc.stderr
+
+
+def test_the_json_contract_on_good_and_bad_inputs(tmp_path):
+    from fixtures import audio, heif, jpeg, video
+
+    good = {tmp_path / "PXL_1.jpg": jpeg.android_phone_jpeg, tmp_path / "IMG_2.HEIC": heif.iphone_like_heic,
+            tmp_path / "VID_3.mp4": video.android_like_mp4, tmp_path / "note.mp3": audio.mp3_with_all_tags}
+    fixes = {path: builder(path) for path, builder in good.items()}
+    liar, empty, missing = tmp_path / "photo.jpg", tmp_path / "empty.png", tmp_path / "nowhere.jpg"
+    liar.write_text("<html>not a photo</html>")
+    empty.write_bytes(b"")
+    inputs = [*good, liar, empty, missing]
+
+    status, reports, stderr = run_sanitize(inputs, tmp_path / "out")
+    assert status == 1, "some inputs were not sanitized, so the exit status says so"
+    assert [r["input"] for r in reports] == [str(p) for p in inputs]
+    assert all(set(r) == CONTRACT_KEYS for r in reports)
+    for path, report in zip(good, reports):
+        assert report["status"] == "sanitized" and report["error"] is None, report
+        assert Path(report["output"]).parent == tmp_path / "out"
+        assert sensitive_tags(exiftool(Path(report["output"]))) == [], path.name
+        fix = fixes[path] if isinstance(fixes[path], tuple) else None
+        if fix:
+            assert report["location"]["lat"] == pytest.approx(fix[0], abs=1e-6)
+            assert report["location"]["lon"] == pytest.approx(fix[1], abs=1e-6)
+            assert set(report["location"]) == {"lat", "lon", "alt", "source"}
+        else:
+            assert report["location"] is None
+        assert report["removed"], "what was taken out is reported"
+    assert [r["kind"] for r in reports[:4]] == ["photo", "photo", "video", "audio"]
+    assert reports[1]["format"] == "jpeg", "a HEIC's agency copy is a JPEG, and the report says so"
+    assert [(r["status"], r["error"]["code"]) for r in reports[4:]] == [
+        ("rejected", "unsupported_format"), ("rejected", "empty"), ("rejected", "unsupported_format")]
+    assert all(r["output"] is None for r in reports[4:])
+    assert "Traceback" not in stderr
+
+    status, reports, _ = run_sanitize([tmp_path / "PXL_1.jpg"], tmp_path / "again")
+    assert status == 0 and reports[0]["status"] == "sanitized"
+
+
+@pytest.mark.skipif(not corpus_rows(), reason="../shared/corpus is absent")
+def test_every_corpus_file_gets_a_report_and_every_fix_is_found(tmp_path):
+    rows = corpus_rows()
+    inputs = [CORPUS / r["relative_path"] for r in rows]
+    _, reports, stderr = run_sanitize(inputs, tmp_path / "out")
+    assert "Traceback" not in stderr
+    assert [r["input"] for r in reports] == [str(p) for p in inputs]
+    photos = [r for row, r in zip(rows, reports) if row["kind"] == "image"]
+    assert sum(r["status"] == "sanitized" for r in photos) / len(photos) >= 0.97
+    for row, report in zip(rows, reports):
+        if report["status"] != "sanitized":
+            assert report["error"]["code"] in REJECTING_CODES | FAILING_CODES, report
+            assert report["status"] == ("rejected" if report["error"]["code"] in REJECTING_CODES else "failed")
+            continue
+        fix = expected_fix(row)
+        if fix and abs(fix[0]) <= 90 and abs(fix[1]) <= 180:
+            assert report["location"], row["relative_path"]
+            assert report["location"]["lat"] == pytest.approx(fix[0], abs=1e-6), row["relative_path"]
+            assert report["location"]["lon"] == pytest.approx(fix[1], abs=1e-6), row["relative_path"]
+        else:
+            assert report["location"] is None, (row["relative_path"], report["location"])
