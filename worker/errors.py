@@ -8,7 +8,6 @@ from __future__ import annotations
 # code -> the job state it ends in
 REJECTING_CODES = frozenset({
     "unsupported_format",  # not on DESIGN.md's list, or not recognised at all
-    "type_mismatch",       # content contradicts itself (e.g. a JPEG header over a PNG body)
     "empty",               # zero bytes
     "truncated",           # the container ends before its structure does
     "corrupt",             # structure present but inconsistent or undecodable
