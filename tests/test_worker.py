@@ -62,6 +62,10 @@ def test_photo_goes_in_location_and_clean_copy_come_out(deployment, tmp_path):
     assert sensitive_tags(exiftool(stored_copy)) == []
     # the incoming object is gone once the original is kept under restriction
     assert services.store.head(f"incoming/{upload_id}/upload") is None
+    if name == "embedded":   # policy 5: the embedded default's database holds locations: owner only
+        data_dir = services.settings.resolved_data_dir()
+        assert data_dir.stat().st_mode & 0o777 == 0o700
+        assert (data_dir / "mediasan.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
 def test_same_upload_enqueued_twice_changes_nothing(deployment, tmp_path):

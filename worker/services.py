@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from celery import Celery
 from sqlalchemy.engine import Engine
@@ -23,9 +24,14 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    settings.resolved_data_dir().mkdir(parents=True, exist_ok=True)
+    data_dir = settings.resolved_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)   # the embedded default keeps originals and locations here: policy 5
     engine = records.make_engine(settings.resolved_database_url())
     records.migrate(engine)
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        # the locations table lives in this file; SQLite gives its -wal and -shm files the same mode
+        Path(engine.url.database).chmod(0o600)
     store = open_store(settings.storage_url, settings.resolved_data_dir())
     from worker.app import create_app
     return Services(settings=settings, engine=engine, sessions=records.session_factory(engine), store=store,
