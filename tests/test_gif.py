@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from fixtures import lossless as fx
+from fixtures.icc import srgb_icc
 from tests.conftest import CORPUS, corpus_params, expected_fix
 from tests.readback import exiftool
 from tests.test_png import check_location, decoded_frames, metadata_left
@@ -51,7 +52,7 @@ def test_animated_gif_with_comment_xmp_and_private_extensions(tmp_path):
     frames = decoded_frames(out)
     assert len(frames) == 4 and frames == decoded_frames(src)
     assert timing(out) == timing(src)
-    assert icc_profiles(out) == [fx.srgb_icc()]
+    assert icc_profiles(out) == [srgb_icc()]
     assert metadata_left(out) == []
     data = out.read_bytes()
     for secret in (b"Jane", b"Elm", b"XMP DataXMP", b"PRIVATE1.00"):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from fixtures.heif import avif_with_exif, iphone_like_heic, srgb_profile
+from fixtures.heif import avif_with_exif, iphone_like_heic
+from fixtures.icc import srgb_icc
 from fixtures.jpeg import picture
 from tests.conftest import CORPUS, corpus_oracle, corpus_params, expected_fix
 from tests.readback import TECHNICAL_GROUPS, exiftool, sensitive_tags
@@ -98,7 +99,7 @@ def test_iphone_like_heic_becomes_a_clean_upright_jpeg(tmp_path):
     # stored sensor-landscape, shown portrait by irot; EXIF says the same turn (6). The copy is
     # turned exactly once: turning again by the EXIF Orientation would show it upside down.
     shown = picture((640, 480)).transpose(Image.Transpose.ROTATE_270)
-    check_clean_copy(report, reference=shown, icc=srgb_profile())
+    check_clean_copy(report, reference=shown, icc=srgb_icc())
     assert report.found.fix.lat == pytest.approx(lat, abs=1e-6)
     assert report.found.fix.lon == pytest.approx(lon, abs=1e-6)
     assert report.found.fix.source == "exif"
@@ -127,7 +128,7 @@ def test_avif_orientation_applied_once(tmp_path, orientation, transpose):
     lat, lon = avif_with_exif(src, orientation=orientation)
     report = sanitize(src, tmp_path)
     drawn = picture((320, 240))
-    check_clean_copy(report, reference=drawn.transpose(transpose) if transpose else drawn, icc=srgb_profile())
+    check_clean_copy(report, reference=drawn.transpose(transpose) if transpose else drawn, icc=srgb_icc())
     assert (report.found.fix.lat, report.found.fix.lon) == pytest.approx((lat, lon), abs=1e-6)
     assert report.input_format == "avif"
     assert "XMP" in report.removed

@@ -1,13 +1,12 @@
 """TIFF: located from its GPS/Exif IFDs and XMP, first page re-encoded upright to a clean JPEG."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import piexif
 import pytest
 from PIL import Image
 
-from fixtures.heif import srgb_profile, tiff_with_gps
+from fixtures.heif import tiff_with_gps
+from fixtures.icc import srgb_icc
 from fixtures.jpeg import gps_ifd, picture
 from tests.conftest import CORPUS, corpus_oracle, corpus_params, expected_fix
 from tests.test_heif import check_clean_copy, decoded_upright, sanitize
@@ -27,7 +26,7 @@ def test_tiff_with_gps_becomes_a_clean_jpeg_of_its_first_page(tmp_path):
     src = tmp_path / "scan.tiff"
     lat, lon = tiff_with_gps(src)
     report = sanitize(src, tmp_path)
-    check_clean_copy(report, reference=picture((160, 120)), icc=srgb_profile())
+    check_clean_copy(report, reference=picture((160, 120)), icc=srgb_icc())
     assert (report.found.fix.lat, report.found.fix.lon) == pytest.approx((lat, lon), abs=1e-6)
     assert report.found.fix.alt == pytest.approx(12.5)
     assert report.found.captured_at == "2024-05-17T10:05:09-04:00"
