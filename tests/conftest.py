@@ -47,3 +47,19 @@ def expected_fix(row: dict) -> tuple[float, float] | None:
         return None
     lat, lon = float(row["gps_lat"]), float(row["gps_lon"])
     return None if (lat == 0 and lon == 0) else (lat, lon)
+
+
+def build_and_sanitize(folder: Path, builders: dict) -> dict:
+    """Build each fixture once (``builders``: file name -> (builder, anything)) and sanitize it once.
+    Returns name -> (source, report): for module-scoped fixtures of slow-to-build media."""
+    from worker.formats.base import Limits
+    from worker.sanitizer import sanitize_file
+
+    out = folder / "out"
+    out.mkdir()
+    results = {}
+    for name, (builder, _) in builders.items():
+        src = folder / name
+        builder(src)
+        results[name] = (src, sanitize_file(src, out / Path(name).stem, Limits()))
+    return results

@@ -8,6 +8,7 @@ import pytest
 
 from fixtures import webm
 from tests import readback
+from tests.conftest import build_and_sanitize
 from worker import formats
 from worker.errors import SanitizeError
 from worker.formats import matroska
@@ -33,15 +34,7 @@ def rebuilt(name: str) -> Rebuilt:
 @pytest.fixture(scope="module")
 def sanitized(tmp_path_factory):
     """Each fixture built once and sanitized once: name -> (source, report)."""
-    folder = tmp_path_factory.mktemp("matroska")
-    out = folder / "out"
-    out.mkdir()
-    results = {}
-    for name, (builder, _) in BUILDERS.items():
-        src = folder / name
-        builder(src)
-        results[name] = (src, sanitize_file(src, out / Path(name).stem, Limits()))
-    return results
+    return build_and_sanitize(tmp_path_factory.mktemp("matroska"), BUILDERS)
 
 
 def assert_clean(src: Path, copy: Path) -> None:

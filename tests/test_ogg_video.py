@@ -12,7 +12,7 @@ from mutagen.oggvorbis import OggVorbis
 
 from fixtures import webm
 from tests import readback
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, build_and_sanitize
 from worker import formats
 from worker.errors import SanitizeError
 from worker.formats import ogg_video
@@ -29,15 +29,7 @@ OGV = Rebuilt(format="ogv", media_type="video/ogg", extension=".ogv")
 @pytest.fixture(scope="module")
 def sanitized(tmp_path_factory):
     """Each fixture built once and sanitized once: name -> (source, report)."""
-    folder = tmp_path_factory.mktemp("ogv")
-    out = folder / "out"
-    out.mkdir()
-    results = {}
-    for name, (builder, _) in BUILDERS.items():
-        src = folder / name
-        builder(src)
-        results[name] = (src, sanitize_file(src, out / Path(name).stem, Limits()))
-    return results
+    return build_and_sanitize(tmp_path_factory.mktemp("ogv"), BUILDERS)
 
 
 def assert_clean(src: Path, copy: Path) -> None:
