@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
+from worker.errors import corrupt, too_large, truncated, unsupported
 from worker.formats import iff
 from worker.formats.audio_inspect import inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
@@ -88,18 +88,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
 def structure_findings(data) -> list[str]:
     if data[:4] != b"FORM" or data[8:12] not in FORM_TYPES:
         return ["the copy is not an AIFF or AIFF-C file"]
-    findings: list[str] = []
-    (declared,) = struct.unpack_from(">I", data, 4)
-    if declared + 8 != len(data):
-        findings.append(f"FORM size {declared} does not match the file's {len(data)} bytes")
-    try:
-        ids = [c.id for c in iff.iter_chunks(data, FORM_HEADER, len(data), big_endian=True)]
-    except SanitizeError as e:
-        return findings + [f"the copy's chunks cannot be walked: {e.message}"]
-    findings += [f"chunk {cid!r} outside the allow-list" for cid in ids if cid not in KEPT_CHUNKS]
-    if ids.count(b"COMM") != 1 or ids.count(b"SSND") != 1:
-        findings.append("the copy does not hold exactly one COMM and one SSND chunk")
-    return findings
+    return iff.container_findings(data, big_endian=True, kept=KEPT_CHUNKS, required=(b"COMM", b"SSND"))
 
 
 def inspect(path: Path) -> list[str]:

@@ -58,3 +58,22 @@ def chunk(id: bytes, payload: bytes, *, big_endian: bool = False) -> bytes:
     size_format = ">I" if big_endian else "<I"
     pad = b"\0" if len(payload) & 1 else b""
     return id + struct.pack(size_format, len(payload)) + payload + pad
+
+
+def container_findings(data, *, big_endian: bool, kept: tuple[bytes, ...], required: tuple[bytes, ...]) -> list[str]:
+    """The verifier's walk of a rebuilt RIFF/FORM file (its magic already checked): the container
+    size equals the file's, every chunk is on the allow-list, each required chunk is there once."""
+    findings: list[str] = []
+    (declared,) = struct.unpack_from(">I" if big_endian else "<I", data, 4)
+    if declared + 8 != len(data):
+        findings.append(f"{bytes(data[:4]).decode('latin-1')} size {declared} does not match the file's "
+                        f"{len(data)} bytes")
+    try:
+        ids = [c.id for c in iter_chunks(data, 12, len(data), big_endian=big_endian)]
+    except SanitizeError as e:
+        return findings + [f"the copy's chunks cannot be walked: {e.message}"]
+    findings += [f"chunk {cid!r} outside the allow-list" for cid in ids if cid not in kept]
+    for cid in required:
+        if ids.count(cid) != 1:
+            findings.append(f"the copy does not hold exactly one {cid.decode('latin-1').strip()} chunk")
+    return findings

@@ -99,18 +99,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
 def structure_findings(data) -> list[str]:
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return ["the copy is not a RIFF WAVE file"]
-    findings: list[str] = []
-    (declared,) = struct.unpack_from("<I", data, 4)
-    if declared + 8 != len(data):
-        findings.append(f"RIFF size {declared} does not match the file's {len(data)} bytes")
-    try:
-        ids = [c.id for c in iff.iter_chunks(data, FORM_HEADER, len(data))]
-    except SanitizeError as e:
-        return findings + [f"the copy's chunks cannot be walked: {e.message}"]
-    findings += [f"chunk {cid!r} outside the allow-list" for cid in ids if cid not in KEPT_CHUNKS]
-    if ids.count(b"fmt ") != 1 or ids.count(b"data") != 1:
-        findings.append("the copy does not hold exactly one fmt and one data chunk")
-    return findings
+    return iff.container_findings(data, big_endian=False, kept=KEPT_CHUNKS, required=(b"fmt ", b"data"))
 
 
 def inspect(path: Path) -> list[str]:
