@@ -251,22 +251,26 @@ def chunk_ranges(f: BinaryIO, stbl: Box, file_end: int) -> list[tuple[int, int]]
     return ranges
 
 
+def counted_entries(payload: bytes, *, what: str, min_size: int) -> Iterator[tuple[int, int]]:
+    """(offset, size) of each entry of a full box that holds a 32-bit count and then size-prefixed
+    entries (``dref``, Apple's ``keys``), every size checked against what the box holds."""
+    if len(payload) < 8:
+        raise corrupt(f"{what} box shorter than its header")
+    count, pos = struct.unpack(">I", payload[4:8])[0], 8
+    for _ in range(count):
+        if len(payload) - pos < min_size:
+            raise corrupt(f"{what} lists more entries than it holds")
+        size = struct.unpack(">I", payload[pos:pos + 4])[0]
+        if size < min_size or size > len(payload) - pos:
+            raise corrupt(f"{what} entry of {size} bytes runs past the box")
+        yield pos, size
+        pos += size
+
+
 def dref_is_external(payload: bytes) -> bool:
     """Whether a ``dref`` payload points at media in another file (an entry without the
     self-contained flag: a URL or a Mac alias, which also names folders and volumes)."""
-    if len(payload) < 8:
-        raise corrupt("dref box shorter than its header")
-    count, pos = struct.unpack(">I", payload[4:8])[0], 8
-    for _ in range(count):
-        if len(payload) - pos < 12:
-            raise corrupt("dref lists more entries than it holds")
-        size = struct.unpack(">I", payload[pos:pos + 4])[0]
-        if size < 12 or size > len(payload) - pos:
-            raise corrupt(f"dref entry of {size} bytes runs past the box")
-        if not payload[pos + 11] & 1:
-            return True
-        pos += size
-    return False
+    return any(not payload[pos + 11] & 1 for pos, _ in counted_entries(payload, what="dref", min_size=12))
 
 
 # sample entries of encrypted (DRM) media: iTunes FairPlay and Common Encryption

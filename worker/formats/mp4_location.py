@@ -14,9 +14,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from worker.errors import corrupt
 from worker.formats.base import Limits
-from worker.formats.boxes import Box, file_size, header_times, mac_epoch_iso, read_payload, walk
+from worker.formats.boxes import Box, counted_entries, file_size, header_times, mac_epoch_iso, read_payload, walk
 from worker.location import Found, NoFix, choose, found_from, parse_iso6709
 
 MAX_META_BOX = 1 << 20          # metadata boxes are small; a huge one is not read
@@ -55,19 +54,8 @@ def data_atom_value(payload: bytes):
 
 def parse_keys(payload: bytes) -> list[str]:
     """Names of Apple's ``keys`` box, in order (an ilst item's type is a 1-based index into them)."""
-    if len(payload) < 8:
-        raise corrupt("keys box shorter than its header")
-    count = struct.unpack(">I", payload[4:8])[0]
-    names, pos = [], 8
-    for _ in range(count):
-        if len(payload) - pos < 8:
-            raise corrupt("keys box lists more entries than it holds")
-        size = struct.unpack(">I", payload[pos:pos + 4])[0]
-        if size < 8 or size > len(payload) - pos:
-            raise corrupt(f"keys entry of {size} bytes runs past the box")
-        names.append(payload[pos + 8:pos + size].decode("utf-8", "replace"))
-        pos += size
-    return names
+    return [payload[pos + 8:pos + size].decode("utf-8", "replace")
+            for pos, size in counted_entries(payload, what="keys", min_size=8)]
 
 
 def _cstring(data: bytes, pos: int) -> int:
