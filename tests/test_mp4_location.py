@@ -156,6 +156,36 @@ def test_zero_zero_loci_is_no_fix(tmp_path):
     assert any("0,0" in n for n in found.notes)
 
 
+def xmp_uuid_box(lat_text: str, lon_text: str) -> bytes:
+    from fixtures.jpeg import xmp_packet
+    packet = xmp_packet(f'exif:GPSLatitude="{lat_text}" exif:GPSLongitude="{lon_text}"/>')
+    return video.box(b"uuid", bytes.fromhex("BE7ACFCB97A942E89C71999491E3AFAC") + packet)
+
+
+def test_xmp_in_a_uuid_box_is_read_and_outranks_the_container(built, tmp_path):
+    """An editor's XMP packet (Adobe's uuid box, here after mdat) holds a fix: read, and preferred to
+    ©xyz as DESIGN.md orders the sources; the agency copy carries neither."""
+    from tests.readback import exiftool, sensitive_tags
+    from worker.sanitizer import sanitize_file
+
+    path = tmp_path / "edited.mp4"
+    path.write_bytes(built["android"][0].read_bytes() + xmp_uuid_box("40,41.4N", "73,57.0W"))
+    found = locate(path, Limits())
+    assert found.fix.source == "xmp"
+    assert (found.fix.lat, found.fix.lon) == (pytest.approx(40.69, abs=1e-6), pytest.approx(-73.95, abs=1e-6))
+    report = sanitize_file(path, tmp_path / "copy", Limits())
+    assert report.status == "sanitized" and report.found.fix.source == "xmp"
+    copy = Path(report.output)
+    assert bytes.fromhex("BE7ACFCB97A942E89C71999491E3AFAC") not in copy.read_bytes()
+    assert sensitive_tags(exiftool(copy)) == []
+
+
+def test_a_uuid_box_that_is_not_xmp_is_not_parsed(built, tmp_path):
+    path = tmp_path / "other-uuid.mp4"
+    path.write_bytes(built["android"][0].read_bytes() + video.box(b"uuid", bytes(16) + b"opaque vendor data"))
+    assert locate(path, Limits()).fix.source == "quicktime"
+
+
 def test_a_truncated_file_raises_truncated(built, tmp_path):
     data = built["android"][0].read_bytes()
     cut = tmp_path / "cut.mp4"

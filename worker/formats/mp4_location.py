@@ -5,7 +5,9 @@ Sources, each recorded on the Fix:
   in ``udta``, or the same key as an iTunes-style ``ilst`` item;
 - ``mdta``: Apple's ``moov/meta`` with ``keys`` + ``ilst``: ``com.apple.quicktime.location.ISO6709``,
   ``...location.accuracy.horizontal`` and ``...creationdate``;
-- ``3gpp``: the ``loci`` box (16.16 fixed-point longitude, latitude, altitude).
+- ``3gpp``: the ``loci`` box (16.16 fixed-point longitude, latitude, altitude);
+- ``xmp``: an XMP packet in a ``uuid`` box (Adobe's UUID), as editing tools write it; it outranks
+  the container boxes, as DESIGN.md's preference says.
 Capture time: Apple's creationdate (it carries the local offset), else ``mvhd`` creation_time.
 """
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import BinaryIO
 from worker.formats.base import Limits
 from worker.formats.boxes import Box, counted_entries, file_size, header_times, mac_epoch_iso, read_payload, walk
 from worker.location import Found, NoFix, choose, found_from, parse_iso6709
+from worker.xmp import locate_in_xmp
 
 MAX_META_BOX = 1 << 20          # metadata boxes are small; a huge one is not read
 XYZ = b"\xa9xyz"
 KEY_LOCATION = "com.apple.quicktime.location.ISO6709"
 KEY_ACCURACY = "com.apple.quicktime.location.accuracy.horizontal"
 KEY_CREATION = "com.apple.quicktime.creationdate"
+XMP_UUID = bytes.fromhex("BE7ACFCB97A942E89C71999491E3AFAC")
+MAX_XMP_BOX = 4 << 20
 
 
 def udta_xyz_text(payload: bytes) -> str:
@@ -160,6 +165,10 @@ def read_location(f: BinaryIO) -> Found:
                 readings.append(found_from(lat, lon, alt=alt, source="3gpp"))
             except NoFix as e:
                 notes.append(str(e))
+        elif box.type == b"uuid":
+            f.seek(box.payload_start - 16)   # the extended type is the header's last 16 bytes
+            if f.read(16) == XMP_UUID:
+                readings.append(locate_in_xmp(read_payload(f, box, MAX_XMP_BOX)))
         elif box.type == b"mvhd" and parent == b"moov":
             created, _ = header_times(read_payload(f, box, 4096))
             mvhd_time = mac_epoch_iso(created)
