@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import delete
 
-from worker import __version__, records
+from worker import __version__, formats, records
 from worker.errors import SanitizeError
 from worker.messages import UploadMessage
 from worker.sanitizer import Report, sanitize_file
@@ -99,8 +99,8 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
         retain_original = msg.received_at + timedelta(days=(settings.retain_audio_original_days
                                                             if report.kind == "audio" else settings.retain_original_days))
         retain_location = msg.received_at + timedelta(days=settings.retain_location_days)
-        extension = _extension_of(report)
-        stored_original = _store_original(msg, store, src, extension, _input_media_type(report))
+        extension, original_media_type = _original_naming(report)
+        stored_original = _store_original(msg, store, src, extension, original_media_type)
         stored_copy: StoredObject | None = None
         if report.status == "sanitized":
             stored_copy = store.put_file(agency_key(msg.upload_id, Path(report.output).suffix),
@@ -119,7 +119,7 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
                     retain_until=retain_location)
             records.upsert_variant(session, upload_id=msg.upload_id, variant="original", key=stored_original.key,
                                    sha256=stored_original.sha256, size=stored_original.bytes,
-                                   media_type=_input_media_type(report), tags=stored_original.tags,
+                                   media_type=original_media_type, tags=stored_original.tags,
                                    sanitizer_version=__version__, retain_until=retain_original)
             if stored_copy is not None:
                 records.upsert_variant(session, upload_id=msg.upload_id, variant="sanitized", key=stored_copy.key,
@@ -169,23 +169,17 @@ class SourceMissing(Exception):
 def _store_original(msg: UploadMessage, store, src: Path, extension: str, media_type: str | None) -> StoredObject:
     """Keep the original bit-exact under restriction and check the store holds exactly those bytes."""
     expected, _ = file_sha256(src)
-    stored = store.put_file(original_key(msg.upload_id, extension), src, content_type=media_type or "application/octet-stream", tags=original_tags(msg))
+    stored = store.put_file(original_key(msg.upload_id, extension), src,
+                            content_type=media_type or "application/octet-stream", tags=original_tags(msg))
     if stored.sha256 != expected:
         raise SanitizeError("internal", f"the stored original's sha256 {stored.sha256} is not the upload's {expected}")
     return stored
 
 
-def _extension_of(report: Report) -> str:
-    """The original's extension by its identified content (never the client's file name)."""
+def _original_naming(report: Report) -> tuple[str, str | None]:
+    """The original's extension and media type by its identified content (never the client's file
+    name); ``.bin`` and no type when the content was not recognised."""
     if report.input_format is None:
-        return ".bin"
-    from worker import formats
+        return ".bin", None
     fmt = formats.by_name(report.input_format)
-    return fmt.extensions[0] if fmt.extensions else f".{fmt.name}"
-
-
-def _input_media_type(report: Report) -> str | None:
-    if report.input_format is None:
-        return None
-    from worker import formats
-    return formats.by_name(report.input_format).media_type
+    return (fmt.extensions[0] if fmt.extensions else f".{fmt.name}"), fmt.media_type
