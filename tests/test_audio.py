@@ -189,7 +189,7 @@ def test_lying_or_empty_inputs_get_clear_codes(raw, code, tmp_path):
 def _frames_only(raw: bytes) -> bytes:
     """The MPEG frames of an MP3, every tag peeled off, nothing blanked (what the copy held before
     the LAME extension was blanked)."""
-    from worker.formats import mp3
+    from worker.formats.av import mp3
 
     start = mp3.id3v2_size(raw, 0) or 0
     end = mp3.peel_trailing_tags(raw, len(raw), [])
@@ -205,7 +205,7 @@ def _duration(path: Path) -> float:
 
 
 def test_mp3_keeps_the_xing_fields_blanks_the_lame_extension_and_drops_only_tags(built, tmp_path):
-    from worker.formats import mp3
+    from worker.formats.av import mp3
 
     src = built["mp3"]
     raw = src.read_bytes()
@@ -244,7 +244,7 @@ LAME_CORPUS = ("mat2/tests/data/dirty.mp3", "mutagen/tests/data/apev2-lyricsv2.m
 def test_corpus_lame_header_frames_name_no_encoder(relative_path, tmp_path):
     """Real LAME files (3.93 to 3.99r; one CRC-protected, one mono): the encoder and its settings
     are gone, the packets and the duration are not."""
-    from worker.formats import mp3
+    from worker.formats.av import mp3
 
     src = CORPUS / relative_path
     if not src.exists():
@@ -266,8 +266,8 @@ def test_corpus_lame_header_frames_name_no_encoder(relative_path, tmp_path):
 def test_verifier_fails_on_a_lame_extension_put_back(built, tmp_path):
     """The copy with its header frame restored to the input's (LAME extension, valid CRC): both the
     structure walk and ffprobe's encoder tag must fail it."""
-    from worker.formats import mp3
-    from worker.formats.audio_inspect import ffprobe_findings
+    from worker.formats.av import mp3
+    from worker.formats.av.audio_inspect import ffprobe_findings
     from worker.formats.base import Rebuilt
 
     report = sanitize_file(built["mp3"], tmp_path / "copy", LIMITS)
@@ -294,7 +294,7 @@ def _vbri_frame(header: bytes, length: int, encoder: bytes) -> bytes:
 
 
 def test_vbri_header_frame_keeps_its_fields_and_loses_what_follows(built, tmp_path):
-    from worker.formats import mp3
+    from worker.formats.av import mp3
 
     frames = _frames_only(built["mp3"].read_bytes())
     length = mp3.frame_header(frames, 0).length
@@ -315,7 +315,7 @@ def test_vbri_header_frame_keeps_its_fields_and_loses_what_follows(built, tmp_pa
 def test_a_header_frame_inside_the_stream_is_blanked_too(built, tmp_path):
     """Two recordings glued together: the second one's LAME header frame is silence in the middle of
     the audio and still names its encoder."""
-    from worker.formats import mp3
+    from worker.formats.av import mp3
 
     frames = _frames_only(built["mp3"].read_bytes())
     src = tmp_path / "glued.mp3"
@@ -340,7 +340,7 @@ def test_a_header_frame_inside_the_stream_is_blanked_too(built, tmp_path):
 def test_info_inside_real_audio_is_not_taken_for_a_header_frame(built):
     """An audio frame (non-zero side information) that happens to hold "Info" where a header frame
     would: later in the stream it is audio and must not be blanked."""
-    from worker.formats import mp3
+    from worker.formats.av import mp3
 
     frames = _frames_only(built["mp3"].read_bytes())
     pos = 0
@@ -358,7 +358,7 @@ def test_info_inside_real_audio_is_not_taken_for_a_header_frame(built):
 def test_a_header_frame_and_a_cut_off_frame_is_truncated(built, tmp_path):
     """Tag-reader test samples cut off after the first audio frame's start: the only whole frame is
     the Xing/Info header, which holds no audio, and ffmpeg decodes nothing."""
-    from worker.formats import mp3
+    from worker.formats.av import mp3
 
     raw = built["mp3"].read_bytes()
     frames = _frames_only(raw)
@@ -393,7 +393,7 @@ def test_corpus_tag_only_mp3s_are_rejected_with_the_right_code(relative_path, tm
 
 
 def test_flac_copy_is_streaminfo_and_frames(built, tmp_path):
-    from worker.formats import flac
+    from worker.formats.av import flac
 
     report = sanitize_file(built["flac"], tmp_path / "copy", LIMITS)
     data = Path(report.output).read_bytes()

@@ -13,7 +13,7 @@ from tests.conftest import CORPUS, corpus_params, expected_fix
 from tests.readback import exiftool
 from tests.test_png import check_location, decoded_frames, metadata_left
 from worker.errors import SanitizeError
-from worker.formats import gif
+from worker.formats.photo import gif
 from worker.formats.base import Limits, Rebuilt
 from worker.sanitizer import sanitize_file
 from worker.verify import verify_copy

@@ -16,7 +16,7 @@ from tests.readback import TECHNICAL_GROUPS, exiftool, sensitive_tags
 from worker import formats
 from worker.errors import REJECTING_CODES
 from worker.formats.base import Limits
-from worker.formats.heif import image_codec
+from worker.formats.photo.heif import image_codec
 from worker.sanitizer import Report, sanitize_file
 
 HEIF_FORMATS = ("image/heic", "image/heif", "image/avif")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import SanitizeError
-from worker.formats.iff import chunk, iter_chunks
+from worker.formats.walkers.iff import chunk, iter_chunks
 
 
 def test_walks_little_endian_chunks_with_pad_bytes():

@@ -14,9 +14,9 @@ from worker import formats
 import shutil
 import struct
 
-from worker.formats.av_inspect import inspect_copy
-from worker.formats.av_rebuild import apply_plan, plan_neutralise
-from worker.formats.boxes import walk
+from worker.formats.av.av_inspect import inspect_copy
+from worker.formats.av.av_rebuild import apply_plan, plan_neutralise
+from worker.formats.walkers.boxes import walk
 from worker.formats.base import Limits
 from worker.sanitizer import sanitize_file
 
@@ -167,7 +167,7 @@ def test_stream_and_duration_limits(sanitized, tmp_path):
 
 
 def test_heif_brands_are_not_ours():
-    from worker.formats.isobmff import classify
+    from worker.formats.av.isobmff import classify
 
     heic_head = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 40
     assert classify(heic_head) is None
@@ -364,7 +364,7 @@ def test_long_audio_with_moov_at_the_end_becomes_an_audio_copy(long_audio, name,
 
 
 def test_classify_counts_tracks_in_a_moov_cut_by_the_head():
-    from worker.formats.isobmff import classify
+    from worker.formats.av.isobmff import classify
 
     def trak(track_id: int, handler: bytes) -> bytes:
         tkhd = video.box(b"tkhd", b"\0" * 12 + struct.pack(">I", track_id) + b"\0" * 64)

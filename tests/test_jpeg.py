@@ -12,7 +12,7 @@ from fixtures import jpeg as fx
 from tests.conftest import CORPUS, corpus_params, expected_fix
 from tests.readback import exiftool, sensitive_tags
 from worker.errors import SanitizeError
-from worker.formats import jpeg
+from worker.formats.photo import jpeg
 from worker.formats.base import Limits, Rebuilt
 from worker.sanitizer import sanitize_file
 from worker.verify import verify_copy

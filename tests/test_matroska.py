@@ -11,7 +11,7 @@ from tests import readback
 from tests.conftest import build_and_sanitize
 from worker import formats
 from worker.errors import SanitizeError
-from worker.formats import matroska
+from worker.formats.av import matroska
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
 from worker.sanitizer import sanitize_file
 from worker.verify import verify_copy

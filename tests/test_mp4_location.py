@@ -12,8 +12,8 @@ from fixtures import video
 from tests.conftest import CORPUS, corpus_params, expected_fix
 from worker.errors import SanitizeError
 from worker.formats.base import Limits
-from worker.formats.boxes import iter_boxes, walk
-from worker.formats.mp4_location import locate, parse_keys, parse_loci, read_location, udta_xyz_text
+from worker.formats.walkers.boxes import iter_boxes, walk
+from worker.formats.av.mp4_location import locate, parse_keys, parse_loci, read_location, udta_xyz_text
 from worker.location import NoFix, parse_iso6709
 
 ISO_BMFF = ("video/mp4", "video/quicktime", "audio/mp4", "audio/x-m4a", "video/3gpp", "video/3gpp2",

@@ -15,7 +15,7 @@ from tests import readback
 from tests.conftest import CORPUS, build_and_sanitize
 from worker import formats
 from worker.errors import SanitizeError
-from worker.formats import ogg_video
+from worker.formats.av import ogg_video
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
 from worker.sanitizer import sanitize_file
 from worker.verify import verify_copy

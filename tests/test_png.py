@@ -16,7 +16,7 @@ from fixtures import lossless as fx
 from tests.conftest import CORPUS, corpus_params, expected_fix
 from tests.readback import exiftool, sensitive_tags
 from worker.errors import SanitizeError
-from worker.formats import png
+from worker.formats.photo import png
 from worker.formats.base import Limits, Rebuilt
 from worker.sanitizer import sanitize_file
 from worker.verify import verify_copy

@@ -13,9 +13,9 @@ from tests.conftest import corpus_params
 from tests.readback import exiftool
 from tests.test_png import check_location, decoded_frames, icc_of, metadata_left, sanitized_corpus_copy
 from worker.errors import SanitizeError
-from worker.formats import webp
+from worker.formats.photo import webp
 from worker.formats.base import Limits, Rebuilt
-from worker.formats.iff import chunk, iter_chunks
+from worker.formats.walkers.iff import chunk, iter_chunks
 from worker.sanitizer import sanitize_file
 from worker.verify import verify_copy
 

@@ -1,5 +1,10 @@
 """The registry: every supported container family, listed explicitly, tried in order.
 
+The layout shows the roles: ``photo/`` holds the photo families (one module a container, plus the
+shared JPEG re-encoder), ``av/`` the audio and video families (with the ffmpeg remux and the
+verifier's walks they share), ``walkers/`` the bounded structure walkers several families use
+(ISO-BMFF boxes, RIFF/IFF chunks). ``base`` is the one interface.
+
 Identification is by content only (magic bytes, then the family's own ``accept``), never by the
 file name or the declared content type: an upload can lie.
 """
@@ -16,8 +21,8 @@ FORMATS: list[Format] = []
 # Every supported family, in the order identification tries them. Magic bytes do not overlap
 # except inside ISO-BMFF, where heif (image brands) and isobmff (video and audio brands) each accept
 # only their own `ftyp` brands, and in Ogg, where ogg_video takes only a Theora first stream.
-FAMILIES = ("jpeg", "png", "webp", "gif", "heif", "tiff", "isobmff", "matroska", "mp3", "flac", "ogg_video", "ogg",
-            "riff", "aiff", "amr")
+FAMILIES = ("photo.jpeg", "photo.png", "photo.webp", "photo.gif", "photo.heif", "photo.tiff",
+            "av.isobmff", "av.matroska", "av.mp3", "av.flac", "av.ogg_video", "av.ogg", "av.riff", "av.aiff", "av.amr")
 
 
 def _register_all() -> None:

@@ -1,6 +1,6 @@
 """The one interface every container family implements.
 
-A format module (``worker/formats/<family>.py``) exposes one or more ``Format`` values. Each is
+A format module (``worker/formats/photo/<family>.py`` or ``worker/formats/av/<family>.py``) exposes one or more ``Format`` values. Each is
 declarations plus four functions, all pure except for reading the input and writing a *new* file:
 
 - ``accept(head)``: does this content (the first ``HEAD_BYTES`` of the file) belong to us?

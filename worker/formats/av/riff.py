@@ -13,8 +13,8 @@ import struct
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats import iff
-from worker.formats.audio_inspect import inspect_copy, mapped_file
+from worker.formats.walkers import iff
+from worker.formats.av.audio_inspect import inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worker.formats.base import Limits
-from worker.formats.boxes import Box, counted_entries, file_size, header_times, mac_epoch_iso, read_payload, walk
+from worker.formats.walkers.boxes import Box, counted_entries, file_size, header_times, mac_epoch_iso, read_payload, walk
 from worker.location import Found, NoFix, choose, found_from, parse_iso6709
 from worker.xmp import locate_in_xmp
 

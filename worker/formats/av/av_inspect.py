@@ -13,7 +13,7 @@ from pathlib import Path
 
 from worker.errors import SanitizeError
 from worker.formats.base import Limits
-from worker.formats.boxes import (ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_ranges, dref_is_external,
+from worker.formats.walkers.boxes import (ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_ranges, dref_is_external,
                                   file_size, header_times, read_payload, sample_entry_children, sample_entry_types,
                                   walk)
 from worker.tools import ffprobe

@@ -29,10 +29,10 @@ from typing import BinaryIO, Iterator
 import ffmpeg
 
 from worker.errors import SanitizeError, corrupt, truncated, unsupported
-from worker.formats.av_inspect import nonzero_bytes
-from worker.formats.av_rebuild import check_limits, pick_streams
+from worker.formats.av.av_inspect import nonzero_bytes
+from worker.formats.av.av_rebuild import check_limits, pick_streams
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.ogg_video import probe_findings
+from worker.formats.av.ogg_video import probe_findings
 from worker.location import Found
 from worker.tools import ffprobe, run_tool
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.iff import Chunk, chunk, iter_chunks
-from worker.formats.png import display_orientation
+from worker.formats.walkers.iff import Chunk, chunk, iter_chunks
+from worker.formats.photo.png import display_orientation
 from worker.location import Found, choose
 from worker.xmp import locate_in_xmp
 

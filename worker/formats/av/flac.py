@@ -13,9 +13,9 @@ import struct
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.audio_inspect import inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.mp3 import id3v2_size, peel_trailing_tags
+from worker.formats.av.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
 
 MAGIC = b"fLaC"

@@ -27,10 +27,10 @@ from pathlib import Path
 import ffmpeg
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.audio_inspect import mapped_file
-from worker.formats.av_rebuild import check_limits, pick_streams
+from worker.formats.av.audio_inspect import mapped_file
+from worker.formats.av.av_rebuild import check_limits, pick_streams
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.ogg import BOS, CAPTURE, PAGE_HEADER, iter_pages
+from worker.formats.av.ogg import BOS, CAPTURE, PAGE_HEADER, iter_pages
 from worker.location import Found
 from worker.tools import ffprobe, run_tool
 

@@ -13,11 +13,11 @@ import struct
 from functools import partial
 
 from worker.errors import SanitizeError
-from worker.formats.av_inspect import inspect_copy
-from worker.formats.av_rebuild import rebuild_with
+from worker.formats.av.av_inspect import inspect_copy
+from worker.formats.av.av_rebuild import rebuild_with
 from worker.formats.base import Format
-from worker.formats.boxes import iter_boxes, read_payload, walk
-from worker.formats.mp4_location import locate
+from worker.formats.walkers.boxes import iter_boxes, read_payload, walk
+from worker.formats.av.mp4_location import locate
 
 # brands of still images (the heif module's) and other non-AV ISO-BMFF files: never ours
 IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",

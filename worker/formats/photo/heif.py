@@ -20,7 +20,7 @@ from PIL import Image
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.reencode import write_jpeg
+from worker.formats.photo.reencode import write_jpeg
 from worker.location import Found, choose
 from worker.xmp import locate_in_xmp
 

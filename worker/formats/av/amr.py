@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import SanitizeError, too_large, truncated
-from worker.formats.audio_inspect import mapped_file, reader_findings
+from worker.formats.av.audio_inspect import mapped_file, reader_findings
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 

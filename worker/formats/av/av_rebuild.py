@@ -17,9 +17,9 @@ from typing import BinaryIO
 import ffmpeg
 
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
-from worker.formats.av_inspect import inspect_copy
+from worker.formats.av.av_inspect import inspect_copy
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
-from worker.formats.boxes import (ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_offsets, chunk_ranges,
+from worker.formats.walkers.boxes import (ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_offsets, chunk_ranges,
                                   dref_is_external, file_size, header_times, iter_boxes, read_payload,
                                   sample_entry_children, sample_entry_types, walk)
 from worker.tools import ffprobe, run_tool
@@ -374,7 +374,7 @@ def neutralise_fallback(name: str, src: Path, dst: Path, refusal: SanitizeError,
 
 def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[dict | None, dict | None],
                 limits: Limits) -> Rebuilt:
-    from worker.formats.isobmff import classify     # isobmff imports this module; the copy is judged as identify will
+    from worker.formats.av.isobmff import classify     # isobmff imports this module; the copy is judged as identify will
 
     with open(src, "rb") as f:
         plan = plan_neutralise(f)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.audio_inspect import mapped_file, reader_findings
+from worker.formats.av.audio_inspect import mapped_file, reader_findings
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import corrupt, too_large, truncated, unsupported
-from worker.formats.audio_inspect import inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 

@@ -1,0 +1,2 @@
+"""Audio and video families: ISO-BMFF (MP4, MOV, M4A, 3GP), Matroska/WebM, Ogg, MP3, FLAC, WAV, AIFF, AMR,
+with the ffmpeg remux (``av_rebuild``) and the verifier's walks (``av_inspect``, ``audio_inspect``) they share."""
