@@ -757,6 +757,16 @@ class ChaosRun:
         with self.services.sessions() as session:
             return dict(session.execute(select(records.Job.upload_id, records.Job.state)).all())
 
+    def _describe_job(self, upload_id: str) -> str:
+        from worker import records
+        with self.services.sessions() as session:
+            job = session.get(records.Job, upload_id)
+            if job is None:
+                return f"{upload_id}: no job row"
+            return (f"{upload_id} {job.state}, attempts {job.attempts}, lease until "
+                    f"{job.lease_until:%H:%M:%S}" if job.lease_until else f"{upload_id} {job.state}, attempts {job.attempts}") \
+                + (f", error {job.error_code}: {(job.error_message or '')[:120]}" if job.error_code else "")
+
     def _settle(self, deadline: float) -> float | None:
         from worker import records
         last_report = 0.0
@@ -768,7 +778,9 @@ class ChaosRun:
                 self._log_event("every job final")
                 return time.monotonic()
             if time.monotonic() - last_report > 10:
-                self.say(f"t={self._at():.0f}s settling: {len(open_jobs)} open: {dict(Counter(states[u] for u in open_jobs if u in states))}")
+                self.say(f"t={self._at():.0f}s settling: {len(open_jobs)} open: "
+                         f"{dict(Counter(states.get(u, 'no row') for u in open_jobs))}"
+                         + ("; " + "; ".join(self._describe_job(u) for u in open_jobs) if len(open_jobs) <= 3 else ""))
                 last_report = time.monotonic()
             time.sleep(0.5)
         return None
