@@ -76,17 +76,50 @@ def worker(
     concurrency: int = typer.Option(2, "--concurrency", "-c", help="Worker processes."),
     beat: bool = typer.Option(True, "--beat/--no-beat", help="Also run the sweeper's schedule in this worker."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    hostname: Optional[str] = typer.Option(None, "--hostname", "-n",
+                                           help="The node name, e.g. worker1@%h (Celery's default: celery@%h)."),
 ) -> None:
-    """Run a Celery worker on the configured broker."""
-    from worker.app import app as celery_app
-    from worker.services import get_services
+    """Run a Celery worker on the configured broker; exit with Celery's status (non-zero on an error)."""
+    from worker import records
+    from worker.services import close_services, get_services
 
-    get_services()   # migrate the database before the first task
+    services = get_services()   # the embedded default migrates here; PostgreSQL must already be at head
+    try:
+        records.require_head(services.engine)
+    except records.SchemaNotAtHead as e:
+        typer.echo(f"mediasan worker: {e}", err=True)
+        raise typer.Exit(3)
+    except Exception as e:
+        typer.echo(f"mediasan worker: cannot read the database schema: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(3)
+    # the pool children fork from this process: it must hold no database socket when they do
+    close_services()
+
+    from worker.app import app as celery_app
+
     argv = ["worker", f"--loglevel={loglevel}", "-Q", _settings().queue, f"--concurrency={concurrency}", "--without-gossip",
             "--without-mingle"]
+    if hostname:
+        argv += ["--hostname", hostname]
     if beat:
         argv += ["-B", "--schedule", str(_settings().resolved_data_dir() / "beat-schedule")]
-    celery_app.worker_main(argv)
+    # app.start returns the worker's exit code; worker_main would drop it
+    code = celery_app.start(argv)
+    raise typer.Exit(code or 0)
+
+
+@app.command()
+def doctor(
+    migrate: bool = typer.Option(False, "--migrate", help="Bring the database to head first (advisory-locked)."),
+    create_buckets: bool = typer.Option(False, "--create-buckets", help="Create the S3 store's buckets first."),
+) -> None:
+    """Check ffmpeg, ffprobe, the database, the store and the broker; one line each, non-zero if any fails."""
+    from worker.doctor import run_checks
+
+    checks = run_checks(_settings(), migrate=migrate, create_buckets=create_buckets)
+    for check in checks:
+        typer.echo(check.line())
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
 @app.command()
