@@ -73,9 +73,16 @@ def drop_postgres_schema(url: str) -> None:
 
 
 def flush_redis(url: str) -> None:
+    """Empty this test session's queue (left over from an earlier test). Only its own keys: other
+    sessions on this machine share the database, and a FLUSHDB would drop their messages in flight."""
     import redis
 
-    redis.Redis.from_url(url).flushdb()
+    queue = os.environ.get("MEDIASAN_QUEUE", "mediasan")
+    client = redis.Redis.from_url(url)
+    # kombu's Redis transport keeps a queue's messages in a list named after it, and one list a priority
+    keys = [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]
+    client.delete(*keys)
+    client.close()
 
 
 class WorkerProcess:

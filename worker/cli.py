@@ -103,9 +103,21 @@ def worker(
         argv += ["--hostname", hostname]
     if beat:
         argv += ["-B", "--schedule", str(_settings().resolved_data_dir() / "beat-schedule")]
-    # app.start returns the worker's exit code; worker_main would drop it
-    code = celery_app.start(argv)
-    raise typer.Exit(code or 0)
+    raise typer.Exit(run_celery(celery_app, argv))
+
+
+def run_celery(celery_app, argv: list[str]) -> int:
+    """Run a `celery` subcommand on our app and return its exit status. Celery's own `worker_main` and
+    `start` drop it: click, outside standalone mode, returns `ctx.exit(code)`'s code instead of raising,
+    and they ignore what it returns; a worker that stopped on an unrecoverable error then exits 0."""
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = celery_app   # --app, as Celery.start sets it
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 @app.command()
