@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 200
     sweep_interval_s: int = 60
     stale_received_s: int = 10 * 60         # a received job untouched this long may have lost its message
+    # reconnection attempts after a broker loss (pauses grow 2 s, 4 s, … to 30 s: 100 is about 45 min),
+    # then the worker exits non-zero for its supervisor to restart; -1 retries for ever
+    broker_connection_max_retries: int = 100
 
     # investigators' API (worker/api.py): sha256 hex of each bearer token -> "actor=role",
     # e.g. MEDIASAN_API_TOKENS='{"<sha256>": "j.doe=agency:DSNY"}'; `mediasan api-token` makes entries
