@@ -21,6 +21,7 @@ def _settings():
 
 @app.command()
 def sanitize(
+    ctx: typer.Context,
     paths: List[Path] = typer.Argument(..., exists=False, help="Files to sanitize."),
     out: Path = typer.Option(..., "--out", help="Folder for the agency copies."),
     as_json: bool = typer.Option(False, "--json", help="One JSON report a line per input."),
@@ -30,6 +31,9 @@ def sanitize(
 
     from worker.sanitizer import sanitize_file
 
+    from worker import workdir
+    # any temp file of this run lands in a work folder of its own, gone when the command ends
+    ctx.with_resource(workdir.process_scope(_settings().resolved_work_dir()))
     limits = _settings().limits()
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
