@@ -11,7 +11,7 @@ Each run:
    folder. A message in the backlog is left where it is, however long the backlog. Where the broker
    cannot be looked into (AMQP), the time rule alone decides. Each republish first moves the job's
    ``updated_at`` conditionally, so two sweepers at once republish a job once, and a job is
-   republished at most once every ``stale_received_s``.
+   republished (or its queued message looked for) at most once every ``stale_received_s``.
 2. **Incoming objects of finished jobs** (a worker killed between finishing and cleaning up):
    ``pipeline.clean_after_finish`` for each; the incoming area holds only uploads in flight, so
    listing it is cheap.
@@ -159,14 +159,16 @@ def sweep(services: Services, *, now: datetime | None = None) -> SweepResult:
         pending = pending_uploads(services)
         result.broker_visible = pending is not None
         for job in candidates:
-            if pending is not None and job.upload_id in pending:
-                result.still_queued += 1
-                continue
+            queued = pending is not None and job.upload_id in pending
             with services.sessions() as session:
+                # touched either way: a queued job is looked at again only after another stale window
                 if not _take_for_republish(session, job, now):
                     session.rollback()
                     continue
                 session.commit()
+            if queued:
+                result.still_queued += 1
+                continue
             send_upload(services, message_for(job))
             result.republished.append(job.upload_id)
     if result.republished:
