@@ -110,6 +110,9 @@ def process_scope(root: Path) -> Iterator[Path]:
     """For a short-lived command (``mediasan sanitize``): a process folder that is gone at exit, and
     the work root and its parent too when this call made them and they are empty again."""
     root = Path(root)
+    if _current is not None and _current[0] == os.getpid() and _current[1].parent == root:
+        yield process_folder(root)   # inside another scope (or a worker): the folder is that one's to remove
+        return
     made = [p for p in (root.parent, root) if not p.exists()]
     saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
     try:
