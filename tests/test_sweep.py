@@ -157,3 +157,19 @@ def test_filesystem_sweep_republishes_only_what_is_not_in_the_queue_folder(tmp_p
         from tasks.sweep import sweep as sweep_task
         sweep_task.apply_async(connection=services.broker.connection_for_write())
         assert len(list(folder.glob(f"*.{services.settings.queue}.sweep.msg"))) == 1
+
+
+def test_mediasan_sweep_runs_the_sweeper_in_its_own_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    with services_without_worker("embedded", tmp_path) as services:
+        stale_job(services, "lostincli1")
+        proc = subprocess.run([sys.executable, "-m", "worker.cli", "sweep", "--json"], cwd=root, capture_output=True,
+                              text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(root), MEDIASAN_DATA_DIR=str(tmp_path / "data")))
+        assert proc.returncode == 0, proc.stderr
+        line = json.loads(proc.stdout)
+        assert (line["candidates"], line["republished"], line["still_queued"]) == (1, 1, 0)
+        assert pending_in_folder(tmp_path / "data" / "broker" / "queue", services.settings.queue) == {"lostincli1"}

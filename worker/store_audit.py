@@ -131,8 +131,11 @@ def list_objects(store: Store, area: str, prefix: str = "") -> Iterator[ListedOb
     """Every committed object of ``area`` whose key (after the area) starts with ``prefix``."""
     if isinstance(store, LocalStore):
         base = store.root / area
+        upload, slash, _ = prefix.partition("/")
+        # one upload's folder when the prefix names it (the pipeline's case), else every folder
+        candidates = [base / upload] if slash and _UPLOAD_RE.fullmatch(upload) else None
         with contextlib.suppress(FileNotFoundError):
-            for folder in sorted(base.iterdir()):
+            for folder in candidates if candidates is not None else sorted(base.iterdir()):
                 name = f"{folder.name}/"
                 if not folder.is_dir() or not (name.startswith(prefix) or prefix.startswith(name)):
                     continue
