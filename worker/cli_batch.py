@@ -110,8 +110,9 @@ def purge_command(
     purged = purge(services=get_services(), dry_run=dry_run, actor=_operator(), on_item=on_item)
     if not as_json:
         originals = sum(p.what == "original" for p in purged)
-        console.print(f"{'would purge' if dry_run else 'purged'} {originals} originals and "
-                      f"{len(purged) - originals} locations")
+        incoming = sum(p.what == "incoming" for p in purged)
+        console.print(f"{'would purge' if dry_run else 'purged'} {originals} originals, "
+                      f"{len(purged) - originals - incoming} locations and {incoming} incoming objects")
 
 
 def sweep_command(
