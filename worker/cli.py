@@ -21,6 +21,7 @@ def _settings():
 
 @app.command()
 def sanitize(
+    ctx: typer.Context,
     paths: List[Path] = typer.Argument(..., exists=False, help="Files to sanitize."),
     out: Path = typer.Option(..., "--out", help="Folder for the agency copies."),
     as_json: bool = typer.Option(False, "--json", help="One JSON report a line per input, in input order."),
@@ -28,8 +29,11 @@ def sanitize(
                                        help="Files sanitized at once (default: the CPUs this process may use)."),
 ) -> None:
     """Write the agency copy of each input into OUT, in-process: no queue, no database."""
+    from worker import workdir
     from worker.batch import default_jobs, sanitize_many
 
+    # any temp file of this run lands in a work folder of its own, gone when the command ends
+    ctx.with_resource(workdir.process_scope(_settings().resolved_work_dir()))
     out.mkdir(parents=True, exist_ok=True)
     console = None
     all_ok = True
