@@ -8,6 +8,7 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from worker import pipeline, records
+from worker import observe
 from worker.app import app
 from worker.messages import UploadMessage
 from worker.services import get_services
@@ -46,3 +47,4 @@ def _give_up(msg: UploadMessage, services, error: Exception) -> None:
             records.finish_job(session, msg.upload_id, attempt, state="failed", error_code="retries_exhausted",
                                error_message=f"{type(error).__name__}: {str(error)[:500]}")
             session.commit()
+            observe.upload_finished(msg.upload_id, "failed", error_code="retries_exhausted")

@@ -5,6 +5,7 @@ import logging
 from datetime import timedelta
 
 from worker import records
+from worker import observe
 from worker.app import app
 from worker.intake import message_for, send_upload
 from worker.services import get_services
@@ -24,6 +25,7 @@ def sweep() -> int:
         messages = [message_for(job) for job in jobs]
     for msg in messages:
         send_upload(services, msg)
+    observe.republished(len(messages))
     if messages:
         log.info("sweep republished %d jobs", len(messages))
     return len(messages)

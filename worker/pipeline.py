@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import delete
 
 from worker import __version__, formats, records
+from worker import observe  # metrics and the upload_finished line
 from worker.errors import SanitizeError
 from worker.messages import UploadMessage
 from worker.sanitizer import Report, sanitize_file
@@ -140,6 +141,7 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
                 log.warning("upload %s: lost the claim before finishing; leaving it to the new holder", msg.upload_id)
                 return Outcome(msg.upload_id, "processing")
             session.commit()
+            observe.upload_finished(msg.upload_id, state, report)
     # policy principle 4: the incoming copy is not needed once the original is kept under restriction
     store.delete(msg.source_key)
     for key in old_copies - ({stored_copy.key} if stored_copy is not None else set()):
