@@ -198,6 +198,11 @@ def configure_from_settings(level: str | int = "WARNING") -> None:
     configure(get_settings().log_format, level)
 
 
+def configure_for_cli() -> None:
+    # a typer callback: runs before every command; `worker` and `serve` raise the level to INFO
+    configure_from_settings("WARNING")
+
+
 def say_json(message: str, stream=None) -> None:
     """A console line written from a signal handler, where logging's locks must not be taken: one
     JSON line, written with a single os.write."""
