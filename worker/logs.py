@@ -30,6 +30,7 @@ _TASK_UPLOADS: OrderedDict[str, str] = OrderedDict()
 _TASK_UPLOADS_MAX = 10_000          # a worker holds a handful at a time; the bound only stops a leak
 _TASK_ID_IN_TEXT = re.compile(r"\[([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]")
 REDACTED = "[redacted]"
+_UPLOAD_IN_PATH = re.compile(r"^/(?:ui/)?uploads/([A-Za-z0-9_-]{1,64})(?:/|$)")
 
 
 # --- which upload a line is about ------------------------------------------------------------------
@@ -103,10 +104,12 @@ _REDACTIONS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s'\"]+):[^@/\s'\"]+@"), r"\1:" + REDACTED + "@"),
     # coordinates: named values, ISO 6709 strings, pairs of decimal degrees, DMS, EXIF rationals
     (re.compile(r"(?i)\b(gps[a-z]*|lat(?:itude)?|lon(?:gitude)?|lng|alt(?:itude)?|coord(?:inate)?s?|location|"
-                r"iso6709|xyz)(['\"]?\s*[:=]\s*['\"]?\(?)" + _NUMBER + r"(?:\s*,\s*" + _NUMBER + r")*"),
+                r"iso6709|xyz)(['\"]?\s*[:=\s]\s*['\"]?\(?)" + _NUMBER + r"(?:\s*,\s*" + _NUMBER + r")*"),
      r"\1\2" + REDACTED),
     (re.compile(r"[-+]\d{2,6}(?:\.\d+)?[-+]\d{3,7}(?:\.\d+)?(?:[-+]\d+(?:\.\d+)?)?(?:CRS[A-Za-z0-9_]*)?/?"), REDACTED),
     (re.compile(r"[-+]?\d{1,3}\.\d{3,}\s*[,;/ ]\s*[-+]?\d{1,3}\.\d{3,}"), REDACTED),
+    # any lone decimal degree as devices write them (5+ places); a duration such as "0.52847s" is spared
+    (re.compile(r"(?<![\w.])[-+]?\d{1,3}\.\d{5,}(?![\d.]|s\b)"), REDACTED),
     (re.compile(r"\d{1,3}\s*(?:°|deg)\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*(?:\"|″|'')?)?\s*[NSEW]?"), REDACTED),
     (re.compile(r"\(\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\)\)"), REDACTED),
     (re.compile(r"\b\d+/\d+,\s*\d+/\d+,\s*\d+/\d+\b"), REDACTED),
@@ -130,6 +133,9 @@ class RedactFilter(logging.Filter):
             record.fields = {**getattr(record, "fields", {}), "method": method, "path": redact(str(path)),
                              "status": status}
             record.event = "http_request"
+            named = _UPLOAD_IN_PATH.match(str(path))
+            if named and getattr(record, "upload_id", None) is None:
+                record.upload_id = named.group(1)
         try:
             message = record.getMessage()
         except Exception:   # a bad format string must not lose the line
@@ -188,6 +194,9 @@ def configure(log_format: str, level: str | int = "INFO", stream=None) -> None:
     root.handlers = [h for h in root.handlers if not getattr(h, "_mediasan", False)] + [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)
     logging.captureWarnings(True)   # warnings.warn lines are log lines too (py.warnings), not raw stderr
+    # billiard (the prefork pool) logs "Process … exited with …" on its own logger, which does not propagate
+    pool_logger = logging.getLogger("multiprocessing")
+    pool_logger.handlers = [h for h in pool_logger.handlers if not getattr(h, "_mediasan", False)] + [handler]
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn's loggers write through the root handler when it is given no log config of its own
         logging.getLogger(name).handlers, logging.getLogger(name).propagate = [], True
