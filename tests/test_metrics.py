@@ -1,7 +1,10 @@
 """`mediasan worker` with MEDIASAN_METRICS_PORT: one scrape sums what every pool process counted."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -87,3 +90,28 @@ def test_one_scrape_sums_both_pool_children(tmp_path):
     assert after[("mediasan_sanitize_seconds_bucket", (("kind", "photo"), ("le", "+Inf")))] == 8
     assert after[("mediasan_task_retries_total", (("reason", "lease_held"),))] == 1
     assert after[("mediasan_sweeper_republished_total", ())] == 0
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_prometheus_config_and_alert_rules_hold():
+    """~1 s: deploy/ parses, and each alert fires (and stays quiet) on the histories of deploy/alerts.test.yml."""
+    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
+                 ["test", "rules", "alerts.test.yml"]):
+        run = subprocess.run(["promtool", *args], cwd=DEPLOY, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_alerts_read_only_contract_metrics():
+    """Every mediasan_* name an alert reads is in the contract, whose names the scrapes of this file
+    and of test_health.py check are served (a renamed metric would leave an alert silent for ever)."""
+    import re
+
+    contract = {"mediasan_uploads_finished_total", "mediasan_rejections_total", "mediasan_sanitize_seconds_bucket",
+              "mediasan_sanitize_seconds_count", "mediasan_sanitize_seconds_sum", "mediasan_task_retries_total",
+              "mediasan_sweeper_republished_total", "mediasan_jobs", "mediasan_job_oldest_received_seconds",
+              "mediasan_database_up", "mediasan_api_requests_total"}
+    used = set(re.findall(r"\bmediasan_[a-z_]+\b", (DEPLOY / "alerts.yml").read_text()))
+    assert used and used <= contract, used - contract
