@@ -9,7 +9,7 @@ from celery.signals import worker_init, worker_process_shutdown
 from pydantic import ValidationError
 from sqlalchemy import delete
 
-from worker import pipeline, records, workdir
+from worker import observe, pipeline, records, workdir
 from worker.app import app
 from worker.messages import UploadMessage
 from worker.services import get_services
@@ -59,6 +59,7 @@ def _give_up(msg: UploadMessage, services, error: Exception) -> None:
             session.rollback()
             return
         session.commit()
+    observe.upload_finished(msg.upload_id, "failed", error_code="retries_exhausted")
     try:
         pipeline.clean_after_finish(services, msg.upload_id)
     except Exception as e:  # noqa: BLE001 - the store is what kept failing; the sweeper finishes this later

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery, signals
 
+from worker import observe  # noqa: F401  (metrics and log lines on Celery's signals)
 from worker.settings import Settings, get_settings
 
 

@@ -10,8 +10,10 @@ import typer
 
 from worker.cli_access import register as register_access
 from worker.cli_batch import register as register_batch
+from worker.logs import configure_for_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The 311 media sanitizer.")
+app.callback()(configure_for_cli)   # MEDIASAN_LOG_FORMAT for every command
 
 
 def _settings():

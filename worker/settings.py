@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
     # investigators' API (worker/api.py): sha256 hex of each bearer token -> "actor=role",
     # e.g. MEDIASAN_API_TOKENS='{"<sha256>": "j.doe=agency:DSNY"}'; `mediasan api-token` makes entries
     api_tokens: dict[str, str] = Field(default_factory=dict)
+
+    # operations (worker/metrics.py, worker/logs.py): Prometheus metrics of `mediasan worker` on this
+    # port when set (all pool processes aggregated), and the log line format of every command
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
