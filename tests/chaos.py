@@ -474,7 +474,6 @@ class ChaosRun:
     def _start(self) -> None:
         from tests.stallproxy import StallProxy
         from tests.workerproc import fresh_postgres_schema
-        from worker import records
         from worker.services import build_services
         from worker.settings import Settings
 
@@ -500,13 +499,6 @@ class ChaosRun:
         direct_url = f"s3://{prefix}?endpoint_url={self.moto.endpoint}&region=us-east-1"
         stalled_url = f"s3://{prefix}?endpoint_url={self.proxy.endpoint}&region=us-east-1"
 
-        # the operator's one-time work: schema and buckets, before any worker starts
-        settings = Settings(_env_file=None, data_dir=self.folder / "data", broker_url=self.redis.url,
-                            database_url=self.database_url, storage_url=direct_url, queue=QUEUE)
-        self.services = build_services(settings)
-        records.migrate(self.services.engine)
-        self.services.store.ensure_buckets()
-
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIASAN_")}
         env.update(AWS_ENV)
         env.update({
@@ -525,6 +517,18 @@ class ChaosRun:
             "MEDIASAN_STALE_RECEIVED_S": str(plan.stale_received_s),
         })
         self.env = env
+        # the operator's one-time work, as compose's bootstrap service does it: schema and buckets
+        bootstrap = subprocess.run([sys.executable, "-m", "worker.cli", "doctor", "--migrate", "--create-buckets"],
+                                   env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        (self.folder / "logs" / "doctor.log").write_text(bootstrap.stdout + bootstrap.stderr)
+        if bootstrap.returncode != 0:
+            raise RuntimeError(f"mediasan doctor --migrate --create-buckets failed ({bootstrap.returncode}):\n"
+                               f"{bootstrap.stdout}{bootstrap.stderr}")
+        # the upload API's side: the intake writes straight to S3 (not through the stalling proxy)
+        settings = Settings(_env_file=None, data_dir=self.folder / "data", broker_url=self.redis.url,
+                            database_url=self.database_url, storage_url=direct_url, queue=QUEUE,
+                            work_dir=self.folder / "intake-work")
+        self.services = build_services(settings)
         named = worker_supports_hostname()
         if not named:
             self.notes_hostname = "mediasan worker has no -n/--hostname: both workers are celery@host"
