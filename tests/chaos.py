@@ -83,6 +83,8 @@ class Plan:
     time_limit_s: int = 24
     sweep_interval_s: int = 2
     stale_received_s: int = 10
+    verify_store: bool = True           # also run `mediasan verify-store` after the run
+    verify_copies_again: bool = False   # and have it run the verifier on every copy (the harness does already)
     settle_timeout_s: float = 150.0     # after the last fault: every job must be final by then
     grace_s: float = 12.0               # after every job is final: time for the sweeper to tidy up
     seed: int = 8
@@ -305,6 +307,7 @@ class Managed:
         self.starts = 0
         self.log_offset = 0
         self.killed_by_us = False
+        self._ready = False
         self.unexpected_exits: list[str] = []
 
     def start(self) -> None:
@@ -317,6 +320,7 @@ class Managed:
         log.close()
         self.starts += 1
         self.killed_by_us = False
+        self._ready = False
 
     @property
     def alive(self) -> bool:
@@ -326,9 +330,11 @@ class Managed:
         """Celery prints 'ready.' once the worker consumes; beat has nothing to wait for."""
         if not self.alive:
             return False
-        with open(self.log_path, "rb") as f:
-            f.seek(self.log_offset)
-            return b" ready." in f.read()
+        if not self._ready:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                self._ready = b" ready." in f.read()
+        return self._ready
 
     def pool_children(self):
         import psutil
@@ -387,6 +393,7 @@ INVARIANTS = {
     "incoming left": "no incoming object of a finished job",
     "work folders": "no work folder left (the work dir, and mediasan-* in the workers' temp folder)",
     "processes": "no worker or beat stopped by itself, and no process of the run is left",
+    "verify-store": "the operator's `mediasan verify-store` agrees: no finding, exit status 0",
 }
 
 
@@ -612,6 +619,8 @@ class ChaosRun:
         for proc in self.workers + [self.beat]:
             self._supervise()
             proc.stop()
+        if plan.verify_store:
+            self._run_verify_store()
         findings = self.check()
         findings.figures["wall time (s)"] = round(wall, 1)
         findings.figures["uploads/s"] = round(len(self.accepted) / wall, 2) if wall else 0
@@ -675,7 +684,9 @@ class ChaosRun:
 
     def _kill_child(self, _arg):
         import psutil
-        candidates = [(w, c) for w in self._live_workers() for c in w.pool_children()]
+        # only workers that are up: a child killed while Celery starts its pool makes the worker exit 1
+        # ("Could not start worker processes"), which tests Celery's start-up, not our recovery
+        candidates = [(w, c) for w in self._live_workers() if w.ready() for c in w.pool_children()]
         if not candidates:
             return (self._at() + 0.5, self._kill_child, None)   # a worker is restarting: try again soon
         before = {}
@@ -798,6 +809,24 @@ class ChaosRun:
             time.sleep(0.5)
 
     # reading back -----------------------------------------------------------------------------
+
+    def _run_verify_store(self) -> None:
+        """`mediasan verify-store --json` as an operator would run it once the workers are stopped."""
+        import json
+        argv = [sys.executable, "-m", "worker.cli", "verify-store", "--json"]
+        if not self.plan.verify_copies_again:
+            argv.append("--no-verify")
+        done = subprocess.run(argv, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        (self.folder / "logs" / "verify-store.log").write_text(done.stdout + done.stderr)
+        problems = []
+        for line in done.stdout.splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if "summary" not in entry:
+                    problems.append(f"{entry.get('kind')} {entry.get('key')}: {entry.get('detail')}")
+        if done.returncode != 0 and not problems:
+            problems.append(f"exit status {done.returncode}: {(done.stdout + done.stderr)[-800:]}")
+        self.verify_store_problems = problems
 
     def _list_bucket(self, area: str) -> list[str]:
         store = self.services.store
@@ -947,6 +976,13 @@ class ChaosRun:
         leftover = _processes_in_groups(self._pgids)
         for text in leftover:
             f.add("processes", f"still running after the run: {text}")
+
+        for problem in getattr(self, "verify_store_problems", []):
+            f.add("verify-store", problem)
+        for area in ("incoming", "restricted", "agency"):
+            listing = store.client.list_multipart_uploads(Bucket=store.bucket(area))
+            for part in listing.get("Uploads", []):
+                f.add("unexplained objects", f"{area}/{part['Key']}: a multipart upload never completed")
 
         f.figures.update({
             "uploads": len(self.inputs),
