@@ -24,42 +24,35 @@ worker (its process group: parent, pool, ffmpeg) and a new one started, the brok
 restarted on the same port, storage stalls.
 
 Then the run settles (every job final, then a grace period for the sweeper), the processes stop,
-and ``check`` reads everything back: jobs, variants, locations, every object of every bucket, the
+and tests/chaos_check.py reads everything back: jobs, variants, every object of every bucket, the
 work folder and the workers' temp folder. ``Findings`` names each broken invariant with evidence.
+
+The parts: tests/chaos_inputs.py (the uploads and what must become of each), tests/chaos_procs.py
+(Redis, moto, supervised workers), tests/stallproxy.py (the stall), tests/chaos_check.py (the
+invariants, read back).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-QUEUE = "mediasan-chaos"
+from tests.chaos_check import INVARIANTS, Findings, read_back
+from tests.chaos_inputs import Input, build_inputs
+from tests.chaos_procs import AWS_ENV, ROOT, Managed, MotoServer, RedisServer, worker_supports_hostname
 
-# Worker log lines worth counting: each names a known way things go wrong under faults.
-LOG_SIGNALS = {
-    "traceback": re.compile(r"^Traceback \(most recent call last\)", re.M),
-    "shared connection": re.compile(r"DuplicatePreparedStatement|can't change 'autocommit' now|EMPTY_QUERY|"
-                                    r"NotImplementedError"),
-    "lost the claim": re.compile(r"lost the claim before finishing"),
-    "worker lost (child killed)": re.compile(r"WorkerLostError"),
-    "unrecoverable error": re.compile(r"Unrecoverable error"),
-    "retrying": re.compile(r"retrying|Retry in \d"),
-    "broker connection lost": re.compile(r"[Cc]onnection to broker lost|Cannot connect to redis"),
-}
+__all__ = ["INVARIANTS", "ChaosRun", "Findings", "Input", "Plan", "build_inputs"]
+
+QUEUE = "mediasan-chaos"
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -94,348 +87,6 @@ class Plan:
         return self.child_kills + self.worker_kills + self.broker_losses + self.stalls
 
 
-# --- the uploads -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Input:
-    """One file to upload and what must become of it."""
-    path: Path
-    label: str
-    sha256: str
-    size: int
-    state: str                 # done | rejected
-    format: str | None = None  # the agency copy's format when done
-    code: str | None = None    # the error code when rejected
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _mark_jpeg(base: Path, dest: Path, mark: str) -> None:
-    import piexif
-    shutil.copyfile(base, dest)
-    exif = piexif.load(str(dest))
-    exif["0th"][piexif.ImageIFD.ImageDescription] = mark.encode()
-    piexif.insert(piexif.dump(exif), str(dest))
-
-
-def _mark_png(base: Path, dest: Path, mark: str) -> None:
-    from fixtures.lossless import insert_png_chunks, png_chunk
-    shutil.copyfile(base, dest)
-    insert_png_chunks(dest, png_chunk(b"tEXt", b"Comment\0" + mark.encode()))
-
-
-def _mark_isobmff(base: Path, dest: Path, mark: str) -> None:
-    from fixtures.video import box
-    dest.write_bytes(base.read_bytes() + box(b"free", mark.encode()))
-
-
-def _mark_mp3(base: Path, dest: Path, mark: str) -> None:
-    from mutagen.id3 import ID3, TXXX
-    shutil.copyfile(base, dest)
-    tags = ID3(dest)
-    tags.add(TXXX(encoding=3, desc="upload", text=mark))
-    tags.save(dest, v2_version=4, v1=1)
-
-
-# (label, base builder, how one upload is made unique from the base, state, copy format, code)
-GOOD_KINDS = {
-    "android-jpeg": ("fixtures.jpeg:android_phone_jpeg", ".jpg", _mark_jpeg, "jpeg"),
-    "iphone-jpeg": ("fixtures.jpeg:iphone_like_jpeg", ".jpg", _mark_jpeg, "jpeg"),
-    "png": ("fixtures.lossless:png_with_text_and_exif", ".png", _mark_png, "png"),
-    "mp4": ("fixtures.video:android_like_mp4", ".mp4", _mark_isobmff, "mp4"),
-    "m4a": ("fixtures.video:voice_memo_m4a", ".m4a", _mark_isobmff, "m4a"),
-    "mp3": ("fixtures.audio:mp3_with_all_tags", ".mp3", _mark_mp3, "mp3"),
-}
-BAD_KINDS = ("html", "truncated-jpeg", "empty")
-# the order uploads cycle through: mostly what phones send, two bad files in every twelve
-ROTATION = ("android-jpeg", "mp4", "png", "iphone-jpeg", "m4a", "BAD",
-            "mp3", "android-jpeg", "png", "mp4", "iphone-jpeg", "BAD")
-
-
-def _builder(spec: str):
-    import importlib
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def build_inputs(folder: Path, count: int) -> list[Input]:
-    """``count`` distinct files: every one has its own bytes, so an original stored under the wrong
-    upload shows as a sha256 mismatch."""
-    folder.mkdir(parents=True, exist_ok=True)
-    bases: dict[str, Path] = {}
-    inputs: list[Input] = []
-    bad = 0
-    for n in range(count):
-        label = ROTATION[n % len(ROTATION)]
-        mark = f"chaos-upload-{n:05d}"
-        if label == "BAD":
-            label = BAD_KINDS[bad % len(BAD_KINDS)]
-            bad += 1
-            path = folder / f"{n:05d}-{label}.jpg"      # every bad file claims to be a JPEG by its name
-            if label == "html":
-                path.write_bytes(f"<html><body>not a photo: {mark}</body></html>".encode())
-                code = "unsupported_format"
-            elif label == "truncated-jpeg":
-                if "iphone-jpeg" not in bases:
-                    bases["iphone-jpeg"] = folder / "base-iphone-jpeg.jpg"
-                    _builder(GOOD_KINDS["iphone-jpeg"][0])(bases["iphone-jpeg"])
-                whole = bases["iphone-jpeg"].read_bytes()
-                path.write_bytes(whole[:40 + (n % 900)])   # cut inside the headers: nothing decodes
-                code = "truncated"
-            else:
-                path.write_bytes(b"")
-                code = "empty"
-            inputs.append(Input(path, label, _sha256(path), path.stat().st_size, "rejected", code=code))
-            continue
-        spec, ext, marker, copy_format = GOOD_KINDS[label]
-        if label not in bases:
-            bases[label] = folder / f"base-{label}{ext}"
-            _builder(spec)(bases[label])
-        path = folder / f"{n:05d}-{label}{ext}"
-        marker(bases[label], path, mark)
-        inputs.append(Input(path, label, _sha256(path), path.stat().st_size, "done", format=copy_format))
-    return inputs
-
-
-# --- the services the run owns ------------------------------------------------------------------
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    import socket
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not listening on 127.0.0.1:{port} after {timeout_s} s")
-
-
-def _stop(proc: subprocess.Popen | None, timeout_s: float = 10) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class RedisServer:
-    """The run's own broker: no persistence, so a restart loses every message, as a crash would."""
-
-    def __init__(self, folder: Path, port: int | None = None):
-        self.folder = folder
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        log = open(self.folder / "redis.log", "ab")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        _wait_port(self.port, 10, "redis-server", self.proc)
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
-
-class MotoServer:
-    """moto's S3 server in its own process (its threads do not compete with the harness's)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "MotoServer":
-        log = open(self.folder / "moto.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     env=dict(os.environ, **AWS_ENV), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
-        _wait_port(self.port, 30, "moto's S3 server", self.proc)
-        return self
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
-
-def worker_supports_hostname() -> bool:
-    """Whether `mediasan worker` takes -n/--hostname (two workers are then told apart in logs)."""
-    from worker import cli
-    return "hostname" in inspect.signature(cli.worker).parameters
-
-
-class Managed:
-    """One supervised process of the deployment (a worker or beat), in its own process group."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
-        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self.log_offset = 0
-        self.killed_by_us = False
-        self._ready = False
-        self.unexpected_exits: list[str] = []
-
-    def start(self) -> None:
-        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
-        log.write(f"\n===== chaos: start #{self.starts + 1} of {self.name} =====\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
-        self.starts += 1
-        self.killed_by_us = False
-        self._ready = False
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def ready(self) -> bool:
-        """Celery prints 'ready.' once the worker consumes; beat has nothing to wait for."""
-        if not self.alive:
-            return False
-        if not self._ready:
-            with open(self.log_path, "rb") as f:
-                f.seek(self.log_offset)
-                self._ready = b" ready." in f.read()
-        return self._ready
-
-    def pool_children(self):
-        import psutil
-        if not self.alive:
-            return []
-        try:
-            return psutil.Process(self.proc.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-
-    def kill_group(self) -> None:
-        """SIGKILL the whole process group: the parent, its pool, any ffmpeg: a machine or container loss."""
-        if self.proc is None:
-            return
-        self.killed_by_us = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout_s: float = 30) -> None:
-        """Warm shutdown (SIGTERM: finish the running tasks), then SIGKILL of the group if it hangs."""
-        if self.proc is None:
-            return
-        self.killed_by_us = True
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)   # whatever of the group is left (orphans)
-        self.proc.wait()
-
-    def exited_by_itself(self) -> int | None:
-        """The exit status when the process ended without us killing it, else None."""
-        if self.proc is None or self.killed_by_us or self.proc.poll() is None:
-            return None
-        return self.proc.returncode
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-
-# --- what a run reports ------------------------------------------------------------------------
-
-INVARIANTS = {
-    "accepted": "every upload was accepted by the intake (job row and incoming object written)",
-    "lost": "no upload lost: every job is final",
-    "outcome": "every job ended as its input requires (done with the copy's format, or rejected with the code)",
-    "duplicated": "none finished twice: one original and at most one agency copy per upload, in records and store",
-    "attempts": "attempts are sane (at least 1, at most the retries plus the faults that can cost one)",
-    "originals": "every original is byte-equal to its input (sha256 of the stored object) and to its record",
-    "copies": "every agency copy is present, matches its record and passes the verifier again",
-    "unexplained objects": "no object in any bucket that no record explains",
-    "incoming left": "no incoming object of a finished job",
-    "work folders": "no work folder left (the work dir, and mediasan-* in the workers' temp folder)",
-    "processes": "no worker or beat stopped by itself, and no process of the run is left",
-    "verify-store": "the operator's `mediasan verify-store` agrees: no finding, exit status 0",
-}
-
-
-@dataclass
-class Findings:
-    violations: dict[str, list[str]] = field(default_factory=lambda: {name: [] for name in INVARIANTS})
-    figures: dict[str, object] = field(default_factory=dict)
-    log_signals: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    timeline: list[str] = field(default_factory=list)
-
-    def add(self, invariant: str, problem: str) -> None:
-        self.violations[invariant].append(problem)
-
-    @property
-    def ok(self) -> bool:
-        return not any(self.violations.values())
-
-    def explain(self, invariant: str, limit: int = 12) -> str:
-        problems = self.violations[invariant]
-        lines = [f"{INVARIANTS[invariant]}: {len(problems)} violation(s)"]
-        lines += [f"  - {p}" for p in problems[:limit]]
-        if len(problems) > limit:
-            lines.append(f"  … and {len(problems) - limit} more")
-        return "\n".join(lines) + "\n\n" + self.report()
-
-    def report(self) -> str:
-        width = max(len(k) for k in self.figures) if self.figures else 10
-        lines = ["chaos run figures:"]
-        lines += [f"  {k:<{width}}  {v}" for k, v in self.figures.items()]
-        if self.log_signals:
-            lines.append("  worker log signals: " + ", ".join(f"{k} {v}" for k, v in self.log_signals.items() if v))
-        broken = [name for name, problems in self.violations.items() if problems]
-        lines.append("  invariants broken: " + (", ".join(f"{n} ({len(self.violations[n])})" for n in broken)
-                                                 if broken else "none"))
-        lines += [f"  note: {n}" for n in self.notes]
-        if self.timeline:
-            lines.append("  timeline:")
-            lines += [f"    {e}" for e in self.timeline]
-        return "\n".join(lines)
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 class ChaosRun:
@@ -462,7 +113,9 @@ class ChaosRun:
         self.counts = Counter()
         self.events: list[str] = []
         self._saved_env: dict[str, str | None] = {}
-        self._pgids: list[int] = []
+        self.verify_store_problems: list[str] = []
+        self.notes_hostname: str | None = None
+        self.pgids: list[int] = []
         self.t0 = 0.0
 
     # lifecycle --------------------------------------------------------------------------------
@@ -517,6 +170,7 @@ class ChaosRun:
             "MEDIASAN_DATABASE_URL": self.database_url,
             "MEDIASAN_STORAGE_URL": stalled_url,
             "MEDIASAN_QUEUE": QUEUE,
+            "MEDIASAN_LOG_FORMAT": "json",   # `upload_finished` lines tell whether an upload finished twice
             "MEDIASAN_LEASE_S": str(plan.lease_s),
             "MEDIASAN_TASK_SOFT_TIME_LIMIT_S": str(plan.soft_time_limit_s),
             "MEDIASAN_TASK_TIME_LIMIT_S": str(plan.time_limit_s),
@@ -552,9 +206,9 @@ class ChaosRun:
         t = time.monotonic()
         for w in self.workers:
             w.start()
-            self._pgids.append(w.proc.pid)
+            self.pgids.append(w.proc.pid)
         self.beat.start()
-        self._pgids.append(self.beat.proc.pid)
+        self.pgids.append(self.beat.proc.pid)
         deadline = time.monotonic() + 90
         while not all(w.ready() for w in self.workers):
             for w in self.workers + [self.beat]:
@@ -569,7 +223,7 @@ class ChaosRun:
         for proc in self.workers + ([self.beat] if self.beat else []):
             with contextlib.suppress(Exception):
                 proc.stop(timeout_s=5)
-        for pgid in self._pgids:   # replacements of killed workers are in groups of their own too
+        for pgid in self.pgids:   # replacements of killed workers are in groups of their own too
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
         if self.proxy:
@@ -616,12 +270,19 @@ class ChaosRun:
         all_final_at = self._settle(faults_over + plan.settle_timeout_s)
         wall = (all_final_at or time.monotonic()) - self.t0
         self._tidy_wait(time.monotonic() + plan.grace_s)
-        for proc in self.workers + [self.beat]:
-            self._supervise()
+        self._log_event("tidy; stopping the workers and beat (warm shutdown)")
+        self._supervise()
+        supervised = self.workers + [self.beat]
+        for proc in supervised:
+            proc.terminate()        # all at once: each finishes its running task
+        for proc in supervised:
             proc.stop()
         if plan.verify_store:
+            self._log_event("mediasan verify-store")
             self._run_verify_store()
-        findings = self.check()
+        self._log_event("reading back every record and object")
+        findings = read_back(self)
+        self._log_event("read back")
         findings.figures["wall time (s)"] = round(wall, 1)
         findings.figures["uploads/s"] = round(len(self.accepted) / wall, 2) if wall else 0
         findings.timeline = list(self.events)
@@ -720,7 +381,7 @@ class ChaosRun:
 
     def _restart_worker(self, w: Managed):
         w.start()
-        self._pgids.append(w.proc.pid)
+        self.pgids.append(w.proc.pid)
         self._log_event(f"started {w.name} again (pid {w.proc.pid})")
         return None
 
@@ -758,7 +419,7 @@ class ChaosRun:
             self._log_event(f"{proc.name} exited by itself with status {status}")
             if status != 0:
                 proc.start()
-                self._pgids.append(proc.proc.pid)
+                self.pgids.append(proc.proc.pid)
                 self._log_event(f"started {proc.name} again after its failure")
             else:
                 proc.killed_by_us = True   # report once; stays down
@@ -804,7 +465,7 @@ class ChaosRun:
         """After every job is final: give the sweeper until the deadline to remove what a crash left."""
         while time.monotonic() < deadline:
             self._supervise()
-            if not self._incoming_left() and not self._work_folders_left():
+            if not self._incoming_left() and not [p for p in self.work_folders_left() if not _owner_alive(p)]:
                 return
             time.sleep(0.5)
 
@@ -828,7 +489,7 @@ class ChaosRun:
             problems.append(f"exit status {done.returncode}: {(done.stdout + done.stderr)[-800:]}")
         self.verify_store_problems = problems
 
-    def _list_bucket(self, area: str) -> list[str]:
+    def list_bucket(self, area: str) -> list[str]:
         store = self.services.store
         keys = []
         paginator = store.client.get_paginator("list_objects_v2")
@@ -837,199 +498,19 @@ class ChaosRun:
         return keys
 
     def _incoming_left(self) -> list[str]:
-        return self._list_bucket("incoming")
+        return self.list_bucket("incoming")
 
-    def _work_folders_left(self) -> list[str]:
+    def work_folders_left(self) -> list[str]:
         left = []
         if self.work_dir.exists():
             left += [str(p) for p in self.work_dir.iterdir()]
         left += [str(p) for p in self.worker_tmp.iterdir() if p.name.startswith("mediasan")]
         return left
 
-    def check(self) -> Findings:
-        from sqlalchemy import select
 
-        from worker import records
-        from worker.formats.base import Rebuilt
-        from worker.verify import verify_copy
-
-        plan, f = self.plan, Findings()
-        store = self.services.store
-        with self.services.sessions() as session:
-            jobs = {j.upload_id: j for j in session.scalars(select(records.Job))}
-            variants: dict[str, list] = {}
-            for v in session.scalars(select(records.Variant)):
-                variants.setdefault(v.upload_id, []).append(v)
-        objects = {area: self._list_bucket(area) for area in ("incoming", "restricted", "agency")}
-        by_upload: dict[str, dict[str, list[str]]] = {}
-        for area, keys in objects.items():
-            for key in keys:
-                parts = key.split("/")
-                by_upload.setdefault(parts[1] if len(parts) == 3 else key, {}).setdefault(area, []).append(key)
-
-        for problem in self.refused:
-            f.add("accepted", problem)
-        kills = self.counts["child kills"] + self.counts["worker kills"] * plan.concurrency
-        max_attempts = 1 + self.services.settings.task_max_retries + kills + self.counts["broker losses"] * 4 \
-            + self.counts["stalls"] * 4
-        scratch = self.folder / "readback"
-        scratch.mkdir(exist_ok=True)
-        lost = duplicated = mismatched = wrong = recovered = retries = 0
-        for upload_id, item in self.accepted.items():
-            job = jobs.get(upload_id)
-            what = f"{upload_id} ({item.path.name})"
-            if job is None:
-                f.add("lost", f"{what}: no job row")
-                lost += 1
-                continue
-            retries += max(job.attempts - 1, 0)
-            if job.state not in records.FINAL_STATES:
-                f.add("lost", f"{what}: still {job.state} after {job.attempts} attempt(s), "
-                              f"lease until {job.lease_until}, last error {job.error_code}: {job.error_message}")
-                lost += 1
-                continue
-            expected = (item.state, item.format if item.state == "done" else item.code)
-            got = (job.state, job.format if job.state == "done" else job.error_code)
-            if got != expected:
-                wrong += 1
-                f.add("outcome", f"{what}: ended {got}, expected {expected} "
-                                 f"(attempts {job.attempts}, error {job.error_code}: {job.error_message})")
-            elif job.attempts > 1:
-                recovered += 1
-            if not 1 <= job.attempts <= max_attempts:
-                f.add("attempts", f"{what}: {job.attempts} attempts (sane: 1..{max_attempts})")
-
-            rows = variants.get(upload_id, [])
-            originals = [v for v in rows if v.variant == "original"]
-            copies = [v for v in rows if v.variant == "sanitized"]
-            stored = by_upload.get(upload_id, {})
-            dup = []
-            if len(originals) != 1:
-                dup.append(f"{len(originals)} original records")
-            if len(copies) != (1 if job.state == "done" else 0):
-                dup.append(f"{len(copies)} agency-copy records for a {job.state} job")
-            if len(stored.get("restricted", [])) > 1:
-                dup.append(f"restricted objects {stored['restricted']}")
-            if len(stored.get("agency", [])) > 1:
-                dup.append(f"agency objects {stored['agency']}")
-            for v in rows:
-                if f"/{upload_id}/" not in v.key:
-                    dup.append(f"its {v.variant} record names another upload's object {v.key}")
-            if dup:
-                duplicated += 1
-                f.add("duplicated", f"{what}: " + "; ".join(dup))
-
-            for v in originals:
-                local = scratch / f"{upload_id}.original"
-                try:
-                    store.get_file(v.key, local)
-                except Exception as e:  # noqa: BLE001
-                    mismatched += 1
-                    f.add("originals", f"{what}: original {v.key} unreadable: {type(e).__name__}: {e}")
-                    continue
-                actual = _sha256(local)
-                if actual != item.sha256 or v.sha256 != item.sha256 or v.bytes != item.size:
-                    mismatched += 1
-                    f.add("originals", f"{what}: stored original sha256 {actual[:12]}…, record {v.sha256[:12]}… "
-                                       f"({v.bytes} bytes), input {item.sha256[:12]}… ({item.size} bytes)")
-                local.unlink()
-            for v in copies:
-                local = scratch / f"{upload_id}.copy"
-                try:
-                    store.get_file(v.key, local)
-                except Exception as e:  # noqa: BLE001
-                    mismatched += 1
-                    f.add("copies", f"{what}: agency copy {v.key} unreadable: {type(e).__name__}: {e}")
-                    continue
-                problems = []
-                if _sha256(local) != v.sha256:
-                    problems.append("bytes differ from the record's sha256")
-                head = store.head(v.key)
-                if head is not None and head.tags != v.tags:
-                    problems.append(f"object tags {head.tags} differ from the record's {v.tags}")
-                try:
-                    verify_copy(local, Rebuilt(format=job.format, media_type=v.media_type or "", extension=""))
-                except Exception as e:  # noqa: BLE001 - SanitizeError(verify_failed) or anything else
-                    problems.append(f"fails the verifier: {getattr(e, 'message', e)}")
-                if problems:
-                    mismatched += 1
-                    f.add("copies", f"{what}: {v.key}: " + "; ".join(problems))
-                local.unlink()
-
-        explained = {v.key for rows in variants.values() for v in rows}
-        finished = {u for u, j in jobs.items() if j.state in records.FINAL_STATES}
-        unexplained = [k for area in ("restricted", "agency") for k in objects[area] if k not in explained]
-        unexplained += [k for k in objects["incoming"] if k.split("/")[1] not in jobs]
-        incoming_left = [k for k in objects["incoming"] if k.split("/")[1] in finished]
-        for key in unexplained:
-            f.add("unexplained objects", key)
-        for key in incoming_left:
-            job = jobs[key.split("/")[1]]
-            f.add("incoming left", f"{key} (job {job.state}, finished {job.finished_at})")
-        work_left = self._work_folders_left()
-        for path in work_left:
-            f.add("work folders", f"{path}: {_describe_folder(Path(path))}")
-
-        for proc in self.workers + [self.beat]:
-            for exit_text in proc.unexpected_exits:
-                f.add("processes", exit_text)
-        leftover = _processes_in_groups(self._pgids)
-        for text in leftover:
-            f.add("processes", f"still running after the run: {text}")
-
-        for problem in getattr(self, "verify_store_problems", []):
-            f.add("verify-store", problem)
-        for area in ("incoming", "restricted", "agency"):
-            listing = store.client.list_multipart_uploads(Bucket=store.bucket(area))
-            for part in listing.get("Uploads", []):
-                f.add("unexplained objects", f"{area}/{part['Key']}: a multipart upload never completed")
-
-        f.figures.update({
-            "uploads": len(self.inputs),
-            "accepted": len(self.accepted),
-            "done / rejected / failed": "{} / {} / {}".format(*(sum(j.state == s for j in jobs.values())
-                                                              for s in ("done", "rejected", "failed"))),
-            "child kills (busy)": f"{self.counts['child kills']} ({self.counts['busy child kills']})",
-            "worker kills": self.counts["worker kills"],
-            "broker losses": self.counts["broker losses"],
-            "storage stalls (s)": f"{self.counts['stalls']} ({self.proxy.stalled_s:.0f})",
-            "intake sends failed": self.send_failures,
-            "recovered (attempts > 1)": recovered,
-            "retries (attempts - 1)": retries,
-            "lost": lost,
-            "duplicated": duplicated,
-            "mismatched": mismatched,
-            "wrong outcome": wrong,
-            "objects left": len(unexplained) + len(incoming_left),
-            "work folders left": len(work_left),
-            "unexpected exits": sum(len(p.unexpected_exits) for p in self.workers + [self.beat]),
-        })
-        f.log_signals = self._log_signals()
-        if getattr(self, "notes_hostname", None):
-            f.notes.append(self.notes_hostname)
-        return f
-
-    def _log_signals(self) -> dict[str, int]:
-        text = "".join(w.log_path.read_text(errors="replace") for w in self.workers if w.log_path.exists())
-        return {name: len(pattern.findall(text)) for name, pattern in LOG_SIGNALS.items()}
-
-
-def _describe_folder(path: Path) -> str:
-    try:
-        if path.is_dir():
-            names = sorted(p.name for p in path.iterdir())
-            return f"folder holding {names[:6]}"
-        return f"file of {path.stat().st_size} bytes"
-    except OSError as e:
-        return f"({e})"
-
-
-def _processes_in_groups(pgids: list[int]) -> list[str]:
+def _owner_alive(path: str) -> bool:
+    """Whether a work folder named ``{host}-{pid}-{start}`` belongs to a running process: a live
+    worker keeps its folder until it stops, so only the others count while waiting for the sweeper."""
     import psutil
-    left = []
-    groups = set(pgids)
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) in groups and proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"pid {proc.pid}: {' '.join(proc.info['cmdline'] or [])[:120]}")
-    return left
+    match = re.search(r"-(\d+)-\d+$", Path(path).name)
+    return bool(match) and psutil.pid_exists(int(match[1]))
