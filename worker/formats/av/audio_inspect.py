@@ -67,7 +67,7 @@ def ffprobe_findings(path: Path, *, codec_type: str = "audio") -> list[str]:
     Every stream tag is a finding, ``encoder`` included: ffmpeg reports the encoder named in an
     MP3's LAME extension that way, and mp3.py blanks that extension, so a clean copy has none.
     """
-    from worker.tools import ffprobe
+    from worker.tools import decode_findings, ffprobe
 
     try:
         probe = ffprobe(path, INSPECT_LIMITS)
@@ -91,7 +91,7 @@ def ffprobe_findings(path: Path, *, codec_type: str = "audio") -> list[str]:
             findings.append(f"ffprobe finds tags {sorted(extra)} on stream {index}")
     if probe.get("chapters"):
         findings.append(f"ffprobe finds {len(probe['chapters'])} chapters")
-    return findings
+    return findings + decode_findings(path, probe, INSPECT_LIMITS)
 
 
 def reader_findings(path: Path, file_type: type | None) -> list[str]:

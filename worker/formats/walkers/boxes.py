@@ -267,10 +267,24 @@ def counted_entries(payload: bytes, *, what: str, min_size: int) -> Iterator[tup
         pos += size
 
 
+DREF_ENTRY_HEADER = 12      # size, type, version and flags of a data reference entry
+MAX_DREF_ENTRIES = 64
+
+
+def dref_entries(payload: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of each entry of a ``dref`` payload; a few at most (one per data source)."""
+    entries = []
+    for entry in counted_entries(payload, what="dref", min_size=DREF_ENTRY_HEADER):
+        entries.append(entry)
+        if len(entries) > MAX_DREF_ENTRIES:
+            raise corrupt(f"dref lists more than {MAX_DREF_ENTRIES} data references")
+    return entries
+
+
 def dref_is_external(payload: bytes) -> bool:
     """Whether a ``dref`` payload points at media in another file (an entry without the
     self-contained flag: a URL or a Mac alias, which also names folders and volumes)."""
-    return any(not payload[pos + 11] & 1 for pos, _ in counted_entries(payload, what="dref", min_size=12))
+    return any(not payload[pos + 11] & 1 for pos, _ in dref_entries(payload))
 
 
 # sample entries of encrypted (DRM) media: iTunes FairPlay and Common Encryption
