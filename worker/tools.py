@@ -138,24 +138,27 @@ def _decode_errors(stderr: str) -> list[str]:
 SAMPLE_SECONDS = 2.0
 
 
-def decode_sample(path: Path, limits: Limits, *, duration: float, demuxer: str | None = None,
+def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
                   indexes: list[int] | None = None, what: str = "decoding") -> None:
     """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the first, middle and
     last ``SAMPLE_SECONDS`` (three inputs of the same file, each seeked and cut), or the whole file
-    when it is short. Any error the demuxers or decoders log fails the check: raises ``corrupt``
-    when the media cannot be decoded. Neither ``-xerror`` nor ``-err_detect``: with them decoders
-    also fail frames that are no error (AMR's NO_DATA frames of silence); containers' own checksums
-    (Ogg pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to
-    decode (those a rebuild keeps), else every video and audio stream."""
-    if duration <= 3 * SAMPLE_SECONDS:
-        starts = [None]
+    when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
+    Any error the demuxers or decoders log fails the check: raises ``corrupt`` when the media
+    cannot be decoded. Neither ``-xerror`` nor ``-err_detect``: with them decoders also fail
+    frames that are no error (AMR's NO_DATA frames of silence); containers' own checksums (Ogg
+    pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to decode
+    (those a rebuild keeps), else every video and audio stream."""
+    if duration is None:
+        seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
+    elif duration <= 3 * SAMPLE_SECONDS:
+        seeks = [[]]
     else:
-        starts = [0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0)]
+        seeks = [["-ss", f"{start:.3f}", "-t", f"{SAMPLE_SECONDS:.3f}"]
+                 for start in (0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0))]
     args = ["ffmpeg", "-nostdin", "-v", "error"]
-    for start in starts:
-        seek = [] if start is None else ["-ss", f"{start:.3f}", "-t", f"{SAMPLE_SECONDS:.3f}"]
+    for seek in seeks:
         args += [*seek, *input_args(path, demuxer)]
-    for i in range(len(starts)):
+    for i in range(len(seeks)):
         maps = [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]
         for stream in maps:
             args += ["-map", stream]

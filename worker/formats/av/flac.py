@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.av.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
@@ -208,6 +208,13 @@ def _total_samples(data, blocks) -> int:
     return struct.unpack(">Q", bytes(data[start + 10:start + 18]))[0] & (2**36 - 1)
 
 
+def _duration(data, blocks) -> float | None:
+    start = blocks[0][1]
+    rate = struct.unpack(">Q", bytes(data[start + 10:start + 18]))[0] >> 44
+    total = _total_samples(data, blocks)
+    return total / rate if total and rate else None
+
+
 def _trailer_name(data, end: int) -> str:
     trailing: list[str] = []
     try:
@@ -238,6 +245,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         if frames_start >= len(data):
             raise truncated("the FLAC file has no audio frames")
         frames_end, _ = walk_frames(data, frames_start, _total_samples(data, blocks))
+        duration = _duration(data, blocks)
         if frames_end < len(data):
             removed.append(f"{len(data) - frames_end} bytes after the last frame{_trailer_name(data, frames_end)}")
         kept = [b for b in blocks if b[0] in KEPT_BLOCKS]
@@ -254,6 +262,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                 out.write(_block_header(block_type, length, last=index == len(kept) - 1))
                 out.write(data[payload:payload + length])
             out.write(data[frames_start:frames_end])
+    check_frames_decode(dst, limits, duration)
     return Rebuilt(format="flac", media_type="audio/flac", extension=".flac", removed=tuple(removed))
 
 
