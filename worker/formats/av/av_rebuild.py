@@ -19,8 +19,9 @@ from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, vendor_fie
 from worker.formats.av.brands import known_av_brand
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
 from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box,
-                                  chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size, header_times, iter_boxes, read_payload,
-                                  sample_entry_children, sample_entry_types, walk)
+                                          chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size,
+                                          header_times, iter_boxes, media_extent, read_payload, sample_entry_children,
+                                          sample_entry_types, walk)
 from worker.tools import decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
 # boxes that hold metadata; named in the report when the source had them
@@ -79,6 +80,7 @@ class Source:
 
     metadata: frozenset[str]       # names of the metadata boxes it holds
     media_missing: bool            # some sample tables point past the end of the file
+    trailing: int = 0              # bytes after the last whole top-level box
 
 
 def structure_report(src: Path) -> Source:
@@ -86,7 +88,8 @@ def structure_report(src: Path) -> Source:
     found: set[str] = set()
     missing = False
     with open(src, "rb") as f:
-        size = file_size(f)
+        whole = file_size(f)
+        size = media_extent(f, whole)
         for _, box in walk(f, 0, size):
             if box.type in METADATA_BOXES:
                 found.add(METADATA_BOXES[box.type])
@@ -104,7 +107,9 @@ def structure_report(src: Path) -> Source:
     if missing:
         # the sample tables point past the end: the file was cut short or made up; nothing can decode it
         raise corrupt("the sample tables point past the end of the file (chunk offsets beyond its last byte)")
-    return Source(frozenset(found), missing)
+    if size < whole:
+        found.add(f"{whole - size} bytes after the last box")
+    return Source(frozenset(found), missing, whole - size)
 
 
 MUXINGS = {
@@ -298,7 +303,7 @@ def _plan_sample_entries(f: BinaryIO, stbl: Box, handler: bytes, plan: Plan) -> 
 def plan_neutralise(f: BinaryIO) -> Plan:
     """Decide, by allow-list, what neutralising the open file changes. Reads only; raises
     SanitizeError when the file's structure or sample tables do not hold together."""
-    size = file_size(f)
+    size = media_extent(f, file_size(f))
     plan = Plan()
     mdats: list[Box] = []
     for box in iter_boxes(f, 0, size):
@@ -411,6 +416,9 @@ def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[
     with open(src, "rb") as f:
         plan = plan_neutralise(f)
     shutil.copyfile(src, dst)
+    if source.trailing:
+        with open(dst, "r+b") as f:
+            f.truncate(file_size(f) - source.trailing)
     apply_plan(dst, plan)
     findings = inspect_copy(dst)
     if findings:

@@ -63,9 +63,6 @@ ID3V1_SIZE = 128
 ID3V1_EXTENDED_SIZE = 227          # "TAG+" block written before an ID3v1 tag
 APE_FOOTER_SIZE = 32
 LYRICS3_V1_MAX = 5100 + 11 + 9     # LYRICSBEGIN + up to 5100 bytes + LYRICSEND
-# frames at the start that must be followed by another frame to count (the header frame and the
-# first audio frame: a cut-and-pasted file can hold a stray sync between them)
-CONFIRMED_FRAMES = 3
 # the side information (bytes after the 4-byte frame header, before a Xing/Info tag) by [MPEG-1?][mono?]
 _SIDE_INFO = {(True, False): 32, (True, True): 17, (False, False): 17, (False, True): 9}
 XING_MARKERS = (b"Xing", b"Info")
@@ -182,6 +179,10 @@ def _confirmed(data, pos: int, end: int, header: FrameHeader) -> bool:
         return True
     following = frame_header(data, after)
     return following is not None and following.same_stream(header)
+
+
+def _tag_at(data, pos: int) -> bool:
+    return id3v2_size(data, pos) is not None or data[pos:pos + 8] == b"APETAGEX"
 
 
 def accept(head: bytes) -> bool:
@@ -304,8 +305,10 @@ def scan(data, limits: Limits) -> Scan:
                     blanked.append((fields_end, end))
                 frames.append((pos, end))
                 break
-            # like ffmpeg, trust a sync near the start only when the next frame follows where it says
-            if kept >= CONFIRMED_FRAMES or _confirmed(data, pos, end, header):
+            # a frame counts only when the next frame (or a tag, or the end of the audio) follows
+            # where it says: a frame whose declared length runs into junk was cut by an insertion,
+            # and its bytes would carry the start of whatever was inserted
+            if _confirmed(data, pos, end, header) or _tag_at(data, pos + header.length):
                 fields_end = header_fields_end(data, pos, header, first=first is None)
                 if fields_end is not None and any(data[fields_end:pos + header.length]):
                     blanked.append((fields_end, pos + header.length))

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worker.formats.base import Limits
-from worker.formats.walkers.boxes import Box, counted_entries, file_size, header_times, mac_epoch_iso, read_payload, walk
+from worker.formats.walkers.boxes import (Box, counted_entries, file_size, header_times, mac_epoch_iso, media_extent,
+                                          read_payload, walk)
 from worker.location import Found, NoFix, choose, found_from, parse_iso6709
 from worker.xmp import locate_in_xmp
 
@@ -132,7 +133,7 @@ def _apple_mdta(f: BinaryIO, meta_boxes: dict[bytes, Box]) -> tuple[dict[str, ob
 
 def read_location(f: BinaryIO) -> Found:
     """Every fix and capture time in an open ISO-BMFF file, chosen by source preference."""
-    size = file_size(f)
+    size = media_extent(f, file_size(f))
     readings: list[Found] = []
     notes: list[str] = []
     mvhd_time: str | None = None

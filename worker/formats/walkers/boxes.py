@@ -83,6 +83,23 @@ def iter_boxes(f: BinaryIO, start: int, end: int) -> Iterator[Box]:
         pos += size
 
 
+def media_extent(f: BinaryIO, size: int) -> int:
+    """Where the top-level boxes end: ``size``, or, when bytes that are no whole box follow a moov
+    and an mdat (something appended to a finished movie), the end of the last whole box before them.
+    The walks then read only up to there and the copy never holds what follows."""
+    seen: set[bytes] = set()
+    pos = 0
+    try:
+        for box in iter_boxes(f, 0, size):
+            seen.add(box.type)
+            pos = box.end
+    except SanitizeError:
+        if {b"moov", b"mdat"} <= seen:
+            return pos
+        raise
+    return size
+
+
 def children_start(f: BinaryIO, box: Box) -> int:
     """Where the children of a container box begin (skips the full-box header of ISO `meta`)."""
     if box.type != META:
