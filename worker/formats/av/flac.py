@@ -10,13 +10,17 @@ first frame. FLAC has no standard place for a location, so ``locate`` finds noth
 The frames are walked, not trusted to run to the end of the file: each frame header is found by
 its sync code and checked by its CRC-8 and by its frame (or sample) number following the one
 before; the walk stops at the last frame (STREAMINFO's sample count, or the last header in
-sequence), whose end is where its CRC-16 closes. Whatever follows goes, whatever it looks like:
+sequence), whose end is where its CRC-16 closes. Every other frame must close with its CRC-16 exactly where the next one starts
+(bytes inserted between two frames would otherwise ride along inside the first). Whatever follows goes, whatever it looks like:
 an ID3v2 tag appended without a footer, an HTML page, an APE or ID3v1 tag. The verifier walks the
 copy's frames the same way and requires the last one to end at the end of the file.
 """
 from __future__ import annotations
 
+import functools
 import struct
+import sys
+from array import array
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
@@ -58,6 +62,31 @@ def _crc16_table() -> list[int]:
 
 
 CRC8, CRC16 = _crc8_table(), _crc16_table()
+
+
+@functools.lru_cache(maxsize=1)
+def _crc16_word_table() -> array:
+    """CRC-16 of every 16-bit word: the frame check then takes one step per two bytes."""
+    table = array("H", bytes(2 * 65536))
+    for word in range(65536):
+        crc = CRC16[word >> 8]
+        table[word] = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ (word & 0xFF)]
+    return table
+
+
+def frame_crc16(frame: bytes) -> int:
+    """FLAC's CRC-16 (polynomial 0x8005, initial 0) of ``frame``: 0 over a whole frame, its own
+    CRC included."""
+    words = array("H", frame[:len(frame) & ~1])
+    if sys.byteorder == "little":
+        words.byteswap()
+    table = _crc16_word_table()
+    crc = 0
+    for word in words:
+        crc = table[crc ^ word]
+    if len(frame) & 1:
+        crc = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ frame[-1]]
+    return crc
 MAX_FRAME = 1 << 22          # a frame never exceeds 65535 samples x 8 channels x 32 bits (2 MiB); with room
 FIXED_BLOCK_SIZES = {1: 192, 2: 576, 3: 1152, 4: 2304, 5: 4608, **{c: 256 << (c - 8) for c in range(8, 16)}}
 TRAILERS = (b"ID3", b"TAG", b"APETAGEX")     # what usually follows the last frame when anything does
@@ -147,6 +176,9 @@ def walk_frames(data, start: int, total_samples: int) -> tuple[int, int]:
         found = _next_header(data, pos + length, len(data), expect)
         if found is None:
             break
+        if frame_crc16(bytes(data[pos:found[0]])):
+            # damage, or bytes inserted between two frames (which would ride along in the copy)
+            raise corrupt(f"the FLAC frame at byte {pos} fails its CRC-16 check")
         pos, number, block = found
         length = frame_header(data, pos)[0]
         samples, frames = samples + block, frames + 1
