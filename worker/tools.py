@@ -117,12 +117,17 @@ def stream_copy_args(src: Path, dst: Path, *, demuxer: str | None, muxer: str, i
 # phones write during pauses, DTX) corrupt; AMR has no checksum, amr.py walks its frames itself
 BENIGN_DECODER_ERRORS = re.compile(r"^\[amr(?:nb|wb) @ 0x[0-9a-f]+\] (?:Corrupt bitstream|Encountered a bad or corrupted frame)$")
 FOLLOW_UP = "Error while decoding stream"
+# the QuickTime demuxer's word for a sample whose bytes lie past the end of a file cut short
+PARTIAL_SAMPLE = re.compile(r"^\[mov,mp4,m4a,3gp,3g2,mj2 @ 0x[0-9a-f]+\] stream \d+, offset 0x[0-9a-f]+: partial file$")
 
 
-def _decode_errors(stderr: str) -> list[str]:
-    """ffmpeg's error lines, without the benign ones and the follow-up line each of those causes."""
+def _decode_errors(stderr: str, cut_short: bool = False) -> list[str]:
+    """ffmpeg's error lines, without the benign ones and the follow-up line each of those causes
+    (and, for a file known to be cut short, without the samples past its end)."""
     errors, skip_follow_up = [], False
     for line in stderr.strip().splitlines():
+        if cut_short and PARTIAL_SAMPLE.match(line.strip()):
+            continue
         if BENIGN_DECODER_ERRORS.match(line.strip()):
             skip_follow_up = True
             continue
@@ -139,7 +144,7 @@ SAMPLE_SECONDS = 2.0
 
 
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
-                  indexes: list[int] | None = None, what: str = "decoding") -> None:
+                  indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False) -> None:
     """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the first, middle and
     last ``SAMPLE_SECONDS`` (three inputs of the same file, each seeked and cut), or the whole file
     when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
@@ -147,7 +152,8 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     cannot be decoded. Neither ``-xerror`` nor ``-err_detect``: with them decoders also fail
     frames that are no error (AMR's NO_DATA frames of silence); containers' own checksums (Ogg
     pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to decode
-    (those a rebuild keeps), else every video and audio stream."""
+    (those a rebuild keeps), else every video and audio stream. ``cut_short``: the file is known
+    to end before its sample tables do; the samples past its end are not counted as damage."""
     if duration is None:
         seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
     elif duration <= 3 * SAMPLE_SECONDS:
@@ -169,7 +175,7 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
         if e.code == "corrupt":
             raise SanitizeError("corrupt", f"{what}: the media does not decode: {e.message}") from None
         raise
-    stderr = "\n".join(_decode_errors(proc.stderr.decode("utf-8", "replace")))
+    stderr = "\n".join(_decode_errors(proc.stderr.decode("utf-8", "replace"), cut_short))
     if stderr:
         # -v error prints only errors: a decoder that conceals a damaged frame still says so
         raise SanitizeError("corrupt", f"{what}: the media does not decode cleanly: {stderr.splitlines()[0][:300]}")

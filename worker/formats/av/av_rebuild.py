@@ -86,7 +86,7 @@ class Source:
 def structure_report(src: Path) -> Source:
     """Walk the source: its metadata boxes, whether media data is missing; refuse reference movies."""
     found: set[str] = set()
-    missing = False
+    missing = present = False
     with open(src, "rb") as f:
         whole = file_size(f)
         size = media_extent(f, whole)
@@ -94,8 +94,9 @@ def structure_report(src: Path) -> Source:
             if box.type in METADATA_BOXES:
                 found.add(METADATA_BOXES[box.type])
             elif box.type in (b"stco", b"co64"):
-                offsets = chunk_offsets(read_payload(f, box, MAX_SAMPLE_TABLE), box.type == b"co64")
+                offsets = list(chunk_offsets(read_payload(f, box, MAX_SAMPLE_TABLE), box.type == b"co64"))
                 missing = missing or any(offset >= size for offset in offsets)
+                present = present or any(offset < size for offset in offsets)
             elif box.type in REFERENCE_BOXES:
                 raise unsupported("a QuickTime reference movie: its media lives in other files or at URLs")
             elif box.type == b"dref" and dref_is_external(read_payload(f, box, MAX_SAMPLE_TABLE)):
@@ -104,9 +105,11 @@ def structure_report(src: Path) -> Source:
             elif box.type == b"stsd" and set(sample_entry_types(f, box)) & ENCRYPTED_ENTRIES:
                 # nobody can play it without the buyer's key, and its sinf names the buyer's account
                 raise unsupported("the media is encrypted (DRM)")
+    if missing and not present:
+        # every chunk lies past the end: the file was cut before its first sample, or made up
+        raise corrupt("the sample tables point past the end of the file (no chunk lies inside it)")
     if missing:
-        # the sample tables point past the end: the file was cut short or made up; nothing can decode it
-        raise corrupt("the sample tables point past the end of the file (chunk offsets beyond its last byte)")
+        found.add("samples past the end of the file (the upload was cut short)")
     if size < whole:
         found.add(f"{whole - size} bytes after the last box")
     return Source(frozenset(found), missing, whole - size)
@@ -177,8 +180,11 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     if video is None and audio is None:
         raise unsupported("no video or audio stream to keep")
     # a broken input is refused here, so that a copy that does not decode is our fault alone
+    # (a file cut short: ffmpeg says "partial file" for each sample past its end, which the copy
+    # leaves out; the copy is decoded again by the verifier, whole samples only)
     decode_sample(src, limits, duration=probe_duration(probe), demuxer=DEMUXER,
-                  indexes=[s["index"] for s in (video, audio) if s is not None], what="checking the input")
+                  indexes=[s["index"] for s in (video, audio) if s is not None], what="checking the input",
+                  cut_short=source.media_missing)
     try:
         target = _remux(targets, src, dst, (video, audio), limits)
     except SanitizeError as refusal:
