@@ -2,7 +2,8 @@
 
 Three looks, each listing what it finds outside the allow-list:
 - our own box walk: no metadata boxes, at most one ``vide`` and one ``soun`` track, zeroed times,
-  no media in other files; ``free``/``skip``/``wide`` space and mdat bytes no track reads must be
+  no media in other files, only known ``ftyp`` brands, only sample tables in ``stbl``, no string
+  in a ``dref`` entry, no encoder vendor or version in a sample entry (but ffmpeg's own 'FFMP'); ``free``/``skip``/``wide`` space and mdat bytes no track reads must be
   zero (a neutralised copy turns what it drops into zeroed ``free`` boxes, and zeroes unused media);
 - ffprobe: no tags beyond technical ones, no data/subtitle/attachment streams, no chapters; then
   ffmpeg decodes a sample of the kept streams (start, middle, end) without a single error;

@@ -6,6 +6,12 @@ left behind. Packets are copied untouched; ``bitexact`` keeps ffmpeg from writin
 and creation times; the display matrix (rotation) travels as stream side data and is checked.
 
 When ffmpeg cannot copy a file, the lossless fallback below neutralises its boxes in place instead.
+
+Before any copy: the box walk refuses reference movies (``rmra``, external ``dref`` entries) as
+``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; one ffmpeg
+run decodes a sample of the kept streams (start, middle, end), so a broken input is ``corrupt``
+here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe and the decode
+sample on the input, the remux and a probe of the copy (then the verifier's probe and decode).
 """
 from __future__ import annotations
 
@@ -207,17 +213,18 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
 
 # --- the lossless fallback: neutralise the boxes in place -------------------------------------
 #
-# When ffmpeg cannot stream-copy a file (no readable frame: a file cut short whose sample tables
-# point past its end; a codec no muxer takes), the copy is the file itself with every box outside
-# the allow-list below turned into a zeroed ``free`` box of the same size. Nothing moves, so every
-# size and chunk offset stays valid; the times in mvhd/tkhd/mdhd, the handler and compressor names
-# are zeroed; mdat bytes that no kept track uses (a dropped timed-metadata or chapter track's
-# samples, leftovers) are zeroed too.
+# When ffmpeg cannot stream-copy a file (a codec no muxer takes), the copy is the file itself with
+# every box outside the allow-list below turned into a zeroed ``free`` box of the same size. Nothing
+# moves, so every size and chunk offset stays valid. Every byte the allow-list keeps but does not
+# understand is neutralised too: the times in mvhd/tkhd/mdhd, the handler and compressor names,
+# the encoder vendor and version of each sample entry ('appl', 'FFMP'), the ``ftyp`` (reduced to
+# brands we know, minor version zero), each ``dref`` entry's location string (a self-contained
+# entry needs none), any box in ``stbl`` that is not a sample table; mdat bytes that no kept track
+# uses (a dropped timed-metadata or chapter track's samples, leftovers) are zeroed; bytes after the
+# last box are cut off. The verifier (``av_inspect``) reads each of these places again.
 #
-# Such a copy may play little or nothing: its upload did not hold the frames. It is still the
-# upload, minus everything that names a place, person, device or time, and ffprobe opens it; the
-# agency gets what the citizen sent, and the original stays restricted. So it is sanitized, not
-# rejected, when and only when the verifier's own walk (``av_inspect``) finds it clean.
+# Inputs are checked before this: sample tables that put every chunk past the end of the file are
+# ``corrupt``, and a decode sample of the input must pass; the copy must pass the verifier's decode.
 
 KEEP_TOP = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"})
 BLANK_TOP = frozenset({b"free", b"skip", b"wide"})      # kept as they are, payload zeroed
