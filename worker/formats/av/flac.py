@@ -163,8 +163,9 @@ def _frame_end(data, start: int, header_len: int) -> int | None:
 
 
 def walk_frames(data, start: int, total_samples: int) -> tuple[int, int]:
-    """(end of the last frame, number of frames) of the frames from ``start``; ``corrupt`` when
-    no frame header starts there, or the last frame does not close."""
+    """(end of the last whole frame, number of frames) of the frames from ``start``; ``corrupt``
+    when no frame header starts there, a frame other than the last fails its CRC-16, or the only
+    frame does not close. A last frame cut off by the end of the file is left out."""
     header = frame_header(data, start)
     if header is None:
         raise corrupt("the FLAC metadata is not followed by a valid frame header")
@@ -184,7 +185,10 @@ def walk_frames(data, start: int, total_samples: int) -> tuple[int, int]:
         samples, frames = samples + block, frames + 1
     end = _frame_end(data, pos, length)
     if end is None:
-        raise corrupt(f"the last FLAC frame (at byte {pos}) does not close with its CRC-16")
+        if frames == 1:
+            raise corrupt(f"the only FLAC frame (at byte {pos}) does not close with its CRC-16")
+        # the file was cut inside its last frame: the frame before it closed where this one starts
+        return pos, frames - 1
     return end, frames
 
 
