@@ -18,6 +18,7 @@ copy's frames the same way and requires the last one to end at the end of the fi
 from __future__ import annotations
 
 import functools
+import re
 import struct
 import sys
 from array import array
@@ -89,7 +90,11 @@ def frame_crc16(frame: bytes) -> int:
     return crc
 MAX_FRAME = 1 << 22          # a frame never exceeds 65535 samples x 8 channels x 32 bits (2 MiB); with room
 FIXED_BLOCK_SIZES = {1: 192, 2: 576, 3: 1152, 4: 2304, 5: 4608, **{c: 256 << (c - 8) for c in range(8, 16)}}
-TRAILERS = (b"ID3", b"TAG", b"APETAGEX")     # what usually follows the last frame when anything does
+TRAILERS = (b"ID3", b"TAG", b"APETAGEX")
+# where a frame header can start: the sync code, then a block size code other than 0 and a sample
+# rate code other than 15 (frame_header checks the rest, CRC-8 included)
+HEADER_START = re.compile(b"\\xff[\\xf8\\xf9][" + b"".join(re.escape(bytes([c])) for c in range(0x10, 0x100)
+                                                if c & 15 != 15) + b"]")     # what usually follows the last frame when anything does
 
 
 def frame_header(data, pos: int) -> tuple[int, int, int] | None:
@@ -134,9 +139,10 @@ def _next_header(data, pos: int, end: int, expect: tuple[bool, int] | None) -> t
     """(offset, number, block size) of the first valid header in ``[pos, end)`` that follows the
     previous frame's numbering (``expect``: variable blocking, the number it must carry)."""
     while True:
-        pos = data.find(b"\xff", pos, end)
-        if pos < 0:
+        found = HEADER_START.search(data, pos, end)
+        if found is None:
             return None
+        pos = found.start()
         header = frame_header(data, pos)
         if header is not None:
             variable = bool(data[pos + 1] & 1)
@@ -162,7 +168,7 @@ def _frame_end(data, start: int, header_len: int) -> int | None:
     return first
 
 
-def walk_frames(data, start: int, total_samples: int) -> tuple[int, int]:
+def walk_frames(data, start: int, total_samples: int, max_frame: int = MAX_FRAME) -> tuple[int, int]:
     """(end of the last whole frame, number of frames) of the frames from ``start``; ``corrupt``
     when no frame header starts there, a frame other than the last fails its CRC-16, or the only
     frame does not close. A last frame cut off by the end of the file is left out."""
@@ -174,7 +180,8 @@ def walk_frames(data, start: int, total_samples: int) -> tuple[int, int]:
     samples, frames = (number if variable else number * block) + block, 1
     while not total_samples or samples < total_samples:
         expect = (variable, samples if variable else number + 1)
-        found = _next_header(data, pos + length, len(data), expect)
+        # a frame is never longer than MAX_FRAME: the search for the next one stops there
+        found = _next_header(data, pos + length, min(len(data), pos + max_frame), expect)
         if found is None:
             break
         if frame_crc16(bytes(data[pos:found[0]])):
@@ -244,6 +251,14 @@ def _total_samples(data, blocks) -> int:
     return struct.unpack(">Q", bytes(data[start + 10:start + 18]))[0] & (2**36 - 1)
 
 
+def _max_frame(data, blocks) -> int:
+    """How far to look for the next frame: twice STREAMINFO's largest frame (encoders round it), or
+    MAX_FRAME when it is unknown."""
+    start = blocks[0][1]
+    largest = int.from_bytes(bytes(data[start + 7:start + 10]), "big")
+    return min(2 * largest + 64, MAX_FRAME) if largest else MAX_FRAME
+
+
 def _duration(data, blocks) -> float | None:
     start = blocks[0][1]
     rate = struct.unpack(">Q", bytes(data[start + 10:start + 18]))[0] >> 44
@@ -280,7 +295,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         _check_streaminfo(data, blocks, limits)
         if frames_start >= len(data):
             raise truncated("the FLAC file has no audio frames")
-        frames_end, _ = walk_frames(data, frames_start, _total_samples(data, blocks))
+        frames_end, _ = walk_frames(data, frames_start, _total_samples(data, blocks), _max_frame(data, blocks))
         duration = _duration(data, blocks)
         if frames_end < len(data):
             removed.append(f"{len(data) - frames_end} bytes after the last frame{_trailer_name(data, frames_end)}")
@@ -315,7 +330,7 @@ def structure_findings(data) -> list[str]:
     if not blocks or blocks[0][0] != STREAMINFO or blocks[0][2] != STREAMINFO_SIZE:
         return findings + ["the copy does not start with a STREAMINFO block"]
     try:
-        end, _ = walk_frames(data, frames_start, _total_samples(data, blocks))
+        end, _ = walk_frames(data, frames_start, _total_samples(data, blocks), _max_frame(data, blocks))
     except SanitizeError as e:
         return findings + [f"the copy's frames cannot be walked: {e.message}"]
     if end != len(data):
