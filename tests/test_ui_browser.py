@@ -222,6 +222,19 @@ def shot(driver, site, name: str) -> None:
     driver.save_screenshot(str(site["screenshots"] / f"{name}.png"))
 
 
+def tab_to(driver, script: str, presses: int = 30) -> None:
+    """Press Tab from the top of the page until ``script`` is true of the focused element."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
+    for _ in range(presses):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        if driver.execute_script(script):
+            return
+    raise AssertionError(f"Tab never reached the element: {script}")
+
+
 def keyboard_sign_in(driver, site, token: str) -> None:
     """Sign in with the keyboard alone: the token field has the focus, Tab reaches the button, Enter."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -335,14 +348,7 @@ def test_sign_out_and_the_old_cookie_is_refused(browser, site):
 
     keyboard_sign_in(browser, site, DSNY_TOKEN)
     old = {c["name"]: c["value"] for c in browser.get_cookies()}["mediasan_session"]
-    # Tab from the start of the page reaches the sign-out button
-    browser.execute_script("document.activeElement.blur()")
-    for _ in range(8):
-        ActionChains(browser).send_keys(Keys.TAB).perform()
-        if browser.execute_script("return document.activeElement.textContent") == "Sign out":
-            break
-    else:
-        raise AssertionError("Tab never reached the sign-out button")
+    tab_to(browser, "return document.activeElement.textContent === 'Sign out'")
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     wait_for(browser, "return location.pathname === '/ui/' && document.title.startsWith('Sign in')")
     assert "mediasan_session" not in {c["name"] for c in browser.get_cookies()}
@@ -356,19 +362,22 @@ def test_sign_out_and_the_old_cookie_is_refused(browser, site):
 
 
 def test_restricted_reader_states_a_purpose_and_the_reads_are_audited(browser, site):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     keyboard_sign_in(browser, site, RESTRICTED_TOKEN)
     browser.get(site["base"] + "/ui/uploads/up-c1-photo")
     field = browser.find_element("id", "purpose")
     assert field.get_attribute("type") == "text" and field.get_attribute("required") is not None
-    field.send_keys(PURPOSE + Keys.ENTER)                 # Enter submits the one-line field
+    shot(browser, site, "6-purpose")
+    tab_to(browser, "return document.activeElement.id === 'purpose'")
+    ActionChains(browser).send_keys(PURPOSE + Keys.ENTER).perform()   # Enter submits the one-line field
     wait_for(browser, "return document.title.startsWith('Location of upload up-c1-photo')")
     coords = browser.find_element("css selector", ".coords").text
     lat, lon = site["fix"]
     assert coords == f"{lat:.6f}, {lon:.6f}"
     assert "8.0 m" in browser.find_element("tag name", "main").text
-    shot(browser, site, "6-location")
+    shot(browser, site, "7-location")
     browser.find_element("link text", "Download the original").click()
     deadline = time.monotonic() + 15
     while not [p for p in browser.downloads.iterdir() if p.name.startswith("up-c1-photo-original")

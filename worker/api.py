@@ -246,7 +246,8 @@ def _record_unsent(services: Services, who: Caller, upload_id: str, purpose: str
             job = session.get(records.Job, upload_id)
             records.record_audit(session, actor=who.actor[:128], role=str(who.role), action=access.ACTION_ORIGINAL,
                                  outcome="failed", upload_id=upload_id, complaint_id=job.complaint_id if job else None,
-                                 purpose=purpose, detail=f"nothing sent: {reason}")
+                                 # cleaned as worker.access cleaned it in the "allowed" row this one follows
+                                 purpose=access._clean_purpose(purpose), detail=f"nothing sent: {reason}")
             session.commit()
     return record
 
