@@ -85,6 +85,13 @@ def _hevc_mp4(path: Path) -> None:
                    check=True, capture_output=True)
 
 
+def _hevc_mkv(path: Path) -> None:
+    """HEVC in Matroska: the server does not read Matroska's codec, so only the page's script can tell."""
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=160x120:rate=10:duration=1", "-c:v", "libx265", "-pix_fmt", "yuv420p",
+                    "-x265-params", "log-level=error", "-f", "matroska", str(path)], check=True, capture_output=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,10 +117,12 @@ def site(tmp_path_factory):
     android_like_mp4(files / "video.mp4")
     voice_memo_m4a(files / "voice.m4a")
     _hevc_mp4(files / "iphone.mp4")
+    _hevc_mkv(files / "edited.mkv")
     iphone_like_jpeg(files / "dot.jpg")
     plan = [("up-c1-photo", "street.jpg", "C1", "DSNY", 50), ("up-c1-sign", "sign.png", "C1", "DSNY", 40),
             ("up-c1-video", "video.mp4", "C1", "DSNY", 30), ("up-c1-voice", "voice.m4a", "C1", "DSNY", 20),
-            ("up-c1-hevc", "iphone.mp4", "C1", "DSNY", 10), ("up-c2-photo", "dot.jpg", "C2", "DOT", 5)]
+            ("up-c1-hevc", "iphone.mp4", "C1", "DSNY", 10), ("up-c1-mkv", "edited.mkv", "C1", "DSNY", 8),
+            ("up-c2-photo", "dot.jpg", "C2", "DOT", 5)]
     for upload_id, name, complaint, agency, minutes_ago in plan:
         _ingest(services, files / name, upload_id=upload_id, complaint=complaint, agency=agency,
                 received_at=now - timedelta(minutes=minutes_ago))
@@ -215,7 +224,21 @@ def wait_for(driver, script: str, timeout: float = 15, *args):
         time.sleep(0.1)
 
 
+def check_page(driver) -> None:
+    """What every page must have: a language, a title, one main landmark, a label on every field,
+    alt text on every image."""
+    found = driver.execute_script("""
+        const fields = [...document.querySelectorAll('input:not([type=hidden]), select, textarea')];
+        return {lang: document.documentElement.lang, title: document.title,
+                mains: document.querySelectorAll('main').length,
+                unlabelled: fields.filter(f => !f.labels.length).map(f => f.outerHTML),
+                no_alt: [...document.images].filter(i => !i.alt).map(i => i.outerHTML)};""")
+    assert found["lang"] == "en" and found["title"].endswith(" · mediasan") and found["mains"] == 1, found
+    assert found["unlabelled"] == [] and found["no_alt"] == [], found
+
+
 def shot(driver, site, name: str) -> None:
+    check_page(driver)
     height = driver.execute_script("return document.documentElement.scrollHeight")
     width = driver.get_window_size()["width"]
     driver.set_window_size(width, min(max(height + 140, 600), 3000))
@@ -270,7 +293,8 @@ def test_agency_sees_its_photos_video_and_voice_note(browser, site):
 
     # newest first
     order = browser.execute_script("return [...document.querySelectorAll('article h2')].map(h => h.id)")
-    assert order == ["h-up-c1-hevc", "h-up-c1-voice", "h-up-c1-video", "h-up-c1-sign", "h-up-c1-photo"]
+    assert order == ["h-up-c1-mkv", "h-up-c1-hevc", "h-up-c1-voice", "h-up-c1-video", "h-up-c1-sign",
+                     "h-up-c1-photo"]
     # the photos decode, and each has its alt text
     photos = wait_for(browser, """
         const imgs = [...document.querySelectorAll('main img')];
@@ -307,6 +331,11 @@ def test_agency_sees_its_photos_video_and_voice_note(browser, site):
     hevc = "document.querySelector('video[src=\"/uploads/up-c1-hevc/media\"]')"
     wait_for(browser, f"const v = {hevc}; return v.error !== null || v.readyState >= 1")
     assert browser.execute_script(f"const v = {hevc}; return v.error !== null || v.videoWidth === 0")
+    # HEVC in Matroska: nothing said by the server, the page's script notices there is no picture
+    mkv = "document.querySelector('video[src=\"/uploads/up-c1-mkv/media\"]')"
+    wait_for(browser, f"const v = {mkv}; return v.error !== null || v.readyState >= 1")
+    wait_for(browser, "return !document.getElementById('note-up-c1-mkv').hidden")
+    assert "could not play this video" in browser.find_element("id", "note-up-c1-mkv").text
     shot(browser, site, "3-complaint")
 
     # the media came from our own route, with Range answered 206 for the video

@@ -56,7 +56,7 @@ UI_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
-HEAD_BYTES = 512 * 1024                # enough of a faststart copy to find its sample descriptions
+HEAD_BYTES = 256 * 1024                # enough of a faststart copy to find its sample descriptions
 
 
 # --- sessions -------------------------------------------------------------------------------------
