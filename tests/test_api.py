@@ -310,7 +310,7 @@ def _raw_get(port: int, path: str, token: str, **headers) -> tuple[int, bytes]:
     """Sends the path byte for byte: no client-side normalisation of `..` or percent-escapes."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.putrequest("GET", path, skip_accept_encoding=True, skip_host="Host" in headers)
         conn.putheader("Authorization", token)
         for name, value in headers.items():
             conn.putheader(name, value)
@@ -351,6 +351,24 @@ def test_agency_path_tricks_get_nothing(live):
     assert len(audit_rows(services)) > before  # the refusals that reached a route were audited
     # the one thing DSNY may have is still there
     assert _raw_get(port, "/uploads/up-dsny-1/media", DSNY)[1] == world["dsny"].copy
+
+
+def test_forged_host_gets_no_redirect_from_the_real_server(live):
+    _, port, _, _, world = live
+    for path in ("/uploads/up-dsny-1/media/", "/complaints/C-100/media/", "/ui", "/openapi.json/"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", "evil.example")
+            conn.endheaders()
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        location = response.getheader("Location") or ""
+        assert "evil" not in location and response.status in (303, 404), (path, response.status, location)
+    status, body = _raw_get(port, "/uploads/up-dsny-1/media", DSNY, Host="evil.example")
+    assert status == 200 and body == world["dsny"].copy
 
 
 @pytest.mark.parametrize("token,known_ids", [(RESTRICTED, False), (RESTRICTED, True), (DSNY, True)],
