@@ -279,3 +279,16 @@ def test_unplayable_codecs_are_named_from_the_copy_and_its_type(tmp_path):
     assert ui.cannot_play("video/ogg", lambda: b"") == "Theora video"
     assert ui.cannot_play("video/webm", lambda: b"") is None and ui.cannot_play("audio/mpeg", lambda: b"") is None
     assert ui.sample_entries(b"\x00\x00\x00\x01moov" + b"\xff" * 8) == []   # a largesize past the end
+
+
+def test_what_people_type_is_escaped(world):
+    app, services, _ = world
+    client = signed_in(app, RESTRICTED_TOKEN)
+    token = form_token(client.get("/ui/search").text)
+    purpose = '<script>alert("x")</script> & "quotes"'
+    shown = client.post("/ui/uploads/up-dsny-1/location", data={"form_token": token, "purpose": purpose})
+    assert shown.status_code == 200 and "<script>alert" not in shown.text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#34;quotes&#34;" in shown.text
+    assert audit_rows(services)[-1].purpose == purpose     # the trail keeps what was typed
+    r = client.get("/ui/complaints/%3Cimg%20src%3Dx%3E")
+    assert r.status_code == 404 and "<img src=x>" not in r.text
