@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from tests.media_world import DSNY, RESTRICTED, TOKENS, audit_rows, build, standard_world
+from tests.media_world import DSNY, TOKENS, Upload, add_upload, audit_rows, build, standard_world
+from tests.moto_s3 import moto_endpoint, s3_url  # noqa: F401  (fixture)
 from worker import ui
 from worker.api import create_app
 
@@ -292,3 +293,26 @@ def test_what_people_type_is_escaped(world):
     assert audit_rows(services)[-1].purpose == purpose     # the trail keeps what was typed
     r = client.get("/ui/complaints/%3Cimg%20src%3Dx%3E")
     assert r.status_code == 404 and "<img src=x>" not in r.text
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_the_page_reads_the_codec_from_the_copy_in_either_store(tmp_path, request, store):
+    url = s3_url(request.getfixturevalue("moto_endpoint")) if store == "s3" else None
+    services = build(tmp_path, url)
+    hevc = tmp_path / "hevc.mp4"
+    _encode(hevc, "-c:v", "libx265", "-tag:v", "hvc1", "-pix_fmt", "yuv420p", "-c:a", "aac",
+            "-x265-params", "log-level=error")
+    h264 = tmp_path / "h264.mp4"
+    _encode(h264, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac")
+    for upload_id, path in (("up-hevc", hevc), ("up-h264", h264)):
+        add_upload(services, tmp_path, Upload(upload_id, "C-700", "DSNY", b"o", b"", None), copy_path=path)
+    with services.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE variants SET media_type = 'video/mp4' WHERE variant = 'sanitized'"))
+    client = signed_in(create_app(services.settings, services=services), DSNY_TOKEN)
+    page = client.get("/ui/complaints/C-700").text
+    players = re.findall(r'<video controls preload="metadata" src="/uploads/(up-[a-z0-9]+)/media"', page)
+    assert sorted(players) == ["up-h264", "up-hevc"]
+    notes = dict(re.findall(r'<p id="note-(up-[a-z0-9]+)" class="cannot-play" role="status"( hidden)?>', page))
+    assert notes == {"up-hevc": "", "up-h264": " hidden"}
+    assert "it is HEVC (H.265) video" in page
+    assert client.get("/uploads/up-hevc/media", headers={"Range": "bytes=0-7"}).status_code == 206

@@ -37,6 +37,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
 from worker import access, records
+from worker.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -557,5 +558,7 @@ def _head(services, stored) -> bytes:
         return b""
     try:
         return b"".join(services.store.iter_bytes(stored.key, start=0, end=end))
-    except KeyError:
+    except (KeyError, StorageError, OSError) as e:
+        # only a hint for the page: the player itself (and its script) still finds out
+        log.warning("could not read the head of %s: %s", stored.key, e)
         return b""
