@@ -90,6 +90,7 @@ def test_bad_token_and_forged_sign_in_form_get_no_session(world):
     client = client_of(app)
     r = sign_in(client, "tok-not-a-real-token-0123456789abcdef")
     assert r.status_code == 401 and "not accepted" in r.text
+    assert "tok-not-a-real-token" not in r.text               # what was typed is not sent back
     assert not any(c.startswith(ui.COOKIE + "=") for c in r.headers.get_list("set-cookie"))
     # a POST from another site carries no sign-in cookie (SameSite=Strict): refused, even with a good token
     fresh = client_of(app)
