@@ -29,7 +29,7 @@ from worker.errors import SanitizeError, corrupt, too_large, truncated, unsuppor
 from worker.formats.av.audio_inspect import mapped_file
 from worker.formats.av.av_rebuild import check_limits, pick_streams
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.av.ogg import BOS, CAPTURE, PAGE_HEADER, iter_pages
+from worker.formats.av.ogg import BOS, CAPTURE, PAGE_HEADER, check_page, iter_pages
 from worker.location import Found
 from worker.tools import decode_findings, decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
@@ -130,6 +130,7 @@ def walk(data) -> Walk:
     result = Walk(streams=[], end=0, size=len(data))
     data_seen = False
     for page in iter_pages(data):
+        check_page(data, page, None)      # a page failing its CRC is damage: readers drop it
         stream = streams.get(page.serial)
         if page.flags & BOS:
             if data_seen or stream is not None:
