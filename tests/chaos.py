@@ -295,13 +295,17 @@ class ChaosRun:
         plan = self.plan
         window = max(plan.upload_window_s, 10.0)
         lo, hi = 0.1 * window, 0.9 * window
-        events = []
-        events += [(self.rng.uniform(lo, hi), self._kill_child, None) for _ in range(plan.child_kills)]
-        events += [(self.rng.uniform(lo, hi), self._kill_worker, None) for _ in range(plan.worker_kills)]
-        events += [(self.rng.uniform(lo, hi), self._lose_broker, None) for _ in range(plan.broker_losses)]
-        # stalls evenly spaced so that two never overlap
-        for k in range(plan.stalls):
-            events.append((lo + (k + 0.5) * (hi - lo) / max(plan.stalls, 1), self._stall, None))
+        events = [(self.rng.uniform(lo, hi), self._kill_child, None) for _ in range(plan.child_kills)]
+
+        def spread(count: int, action) -> None:
+            """One in each of ``count`` equal slices, at a random point of its middle half: two of a
+            kind never overlap (a broker is not lost again before it is back)."""
+            width = (hi - lo) / max(count, 1)
+            events.extend((lo + (k + self.rng.uniform(0.25, 0.75)) * width, action, None) for k in range(count))
+
+        spread(plan.worker_kills, self._kill_worker)
+        spread(plan.broker_losses, self._lose_broker)
+        spread(plan.stalls, self._stall)
         return events
 
     def _at(self) -> float:
@@ -415,7 +419,7 @@ class ChaosRun:
             if status is None or proc.proc is None:
                 continue
             proc.unexpected_exits.append(f"{proc.name} (pid {proc.proc.pid}) exited by itself with status {status} "
-                                         f"at t={self._at():.1f}s; log tail:\n{proc.log_tail(1500)}")
+                                         f"at t={self._at():.1f}s; its last errors:\n{proc.last_errors()}")
             self._log_event(f"{proc.name} exited by itself with status {status}")
             if status != 0:
                 proc.start()

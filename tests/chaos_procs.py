@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"redis-server on port {self.port} is running already")
         log = open(self.folder / "redis.log", "ab")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -196,6 +199,29 @@ class Managed:
         if self.proc is None or self.killed_by_us or self.proc.poll() is None:
             return None
         return self.proc.returncode
+
+    def last_errors(self, count: int = 3, chars: int = 700) -> str:
+        """The last error or critical lines since this process started (text or JSON logs), each cut
+        to ``chars``, the exception's last line kept: what made it stop."""
+        import json
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        picked = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if re.search(r"\b(ERROR|CRITICAL)\b|Unrecoverable", line):
+                    picked.append(" ".join(line.split())[:chars])
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+                last = (entry.get("exception") or "").strip().splitlines()[-1:]
+                message = " ".join(str(entry.get("message", "")).split())   # one line, however Celery wrapped it
+                picked.append(message[:chars] + (f" [{last[0][:300]}]" if last else ""))
+        return "\n".join(f"  | {line}" for line in picked[-count:]) or self.log_tail(chars)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
