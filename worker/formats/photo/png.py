@@ -23,10 +23,12 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import corrupt, too_large, truncated, unsupported
+from worker import icc
+from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
 from worker.exif import MAX_EXIF_BYTES, TAG_ORIENTATION, describe_exif, locate_in_exif, orientation_of, orientation_only_exif, \
     orientation_only_findings, tiff_body
 from worker.formats.base import Format, Limits, Rebuilt
+from worker.formats.photo import animation_pixel_budget, reencode
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -40,6 +42,11 @@ IMAGE_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"acTL", 
 COLOUR_CHUNKS = frozenset({b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"bKGD"})
 ALLOWED = IMAGE_CHUNKS | COLOUR_CHUNKS | {b"eXIf"}   # eXIf only as a minimal Orientation EXIF
 TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+MAX_CHUNKS = 200_000                     # budget on the chunk walk, set before it starts
+MAX_METADATA_BYTES = 32 * 1024 * 1024    # budget on all text a PNG may make us inflate and read
+# fixed lengths of kept chunks (PNG spec); a longer chunk is a carrier, not a hint
+FIXED_LENGTHS = {b"IHDR": (13,), b"gAMA": (4,), b"cHRM": (32,), b"sRGB": (1,), b"pHYs": (9,), b"sBIT": (1, 2, 3, 4),
+                 b"bKGD": (1, 2, 6), b"acTL": (8,), b"fcTL": (26,)}
 
 XMP_KEYWORD = b"XML:com.adobe.xmp"
 RAW_PROFILE_PREFIX = b"Raw profile type "
@@ -75,6 +82,8 @@ def walk(data: bytes) -> Walk:
     chunks: list[PngChunk] = []
     pos = len(SIGNATURE)
     while True:
+        if len(chunks) > MAX_CHUNKS:
+            raise too_large(f"over {MAX_CHUNKS} PNG chunks")
         if len(data) - pos < 12:
             raise truncated(f"the PNG ends at offset {pos} before its IEND chunk")
         length, chunk_type = struct.unpack(">I4s", data[pos:pos + 8])
@@ -117,12 +126,35 @@ def _check(result: Walk, limits: Limits) -> None:
         (frames,) = struct.unpack(">I", actl.data[:4])
         if frames > limits.max_frames:
             raise too_large(f"{frames} frames is over the limit of {limits.max_frames}")
+        if frames * width * height > animation_pixel_budget(limits):
+            raise too_large(f"{frames} frames of {width}x{height} is over the animation budget of "
+                            f"{animation_pixel_budget(limits)} pixels")
+    for c in result.chunks:
+        lengths = FIXED_LENGTHS.get(c.type)
+        if lengths and len(c.data) not in lengths and c.type in IMAGE_CHUNKS:
+            raise corrupt(f"the PNG {c.type.decode()} chunk is {len(c.data)} bytes, not {lengths[0]}")
+        if c.type == b"fcTL" and len(c.data) == 26:
+            w, h, x, y = struct.unpack(">IIII", c.data[4:20])
+            if not w or not h or x + w > width or y + h > height:
+                raise corrupt(f"an APNG frame of {w}x{h} at {x},{y} lies outside the {width}x{height} canvas")
+        if c.type == b"PLTE" and (len(c.data) % 3 or len(c.data) > 768):
+            raise corrupt(f"the PNG palette is {len(c.data)} bytes")
 
 
-def _read(path: Path, limits: Limits) -> Walk:
-    result = walk(path.read_bytes())
-    _check(result, limits)
-    return result
+_LAST: dict[tuple, tuple[bytes, Walk, "Embedded"]] = {}
+
+
+def _read(path: Path, limits: Limits) -> tuple[bytes, Walk, "Embedded"]:
+    """The file, its checked walk and its embedded metadata, once per file: locate and rebuild share them."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _LAST:
+        data = path.read_bytes()
+        result = walk(data)
+        _check(result, limits)
+        _LAST.clear()
+        _LAST[key] = (data, result, embedded(result.chunks))
+    return _LAST[key]
 
 
 def _inflate(compressed: bytes, cap: int) -> bytes | None:
@@ -135,23 +167,35 @@ def _inflate(compressed: bytes, cap: int) -> bytes | None:
     return None if inflater.unconsumed_tail else out
 
 
-def text_of(chunk: PngChunk) -> tuple[bytes, bytes | None]:
-    """(keyword, text bytes) of a tEXt/zTXt/iTXt chunk; text None when unreadable or over the cap."""
+def text_of(chunk: PngChunk, cap: int = MAX_TEXT_BYTES) -> tuple[bytes, bytes | None]:
+    """(keyword, text bytes) of a tEXt/zTXt/iTXt chunk; text None when unreadable, too_large over ``cap``."""
     keyword, sep, rest = chunk.data.partition(b"\x00")
     if not sep:
         return keyword[:79], None
     if chunk.type == b"tEXt":
-        return keyword, rest[:MAX_TEXT_BYTES]
+        return keyword, rest[:cap]
     if chunk.type == b"zTXt":
-        return keyword, _inflate(rest[1:], MAX_TEXT_BYTES) if rest[:1] == b"\x00" else None
+        return keyword, _inflate_capped(rest[1:], cap) if rest[:1] == b"\x00" else None
     if len(rest) < 2:
         return keyword, None
     compressed, method, rest = rest[0], rest[1], rest[2:]
     _language, _, rest = rest.partition(b"\x00")
     _translated, _, text = rest.partition(b"\x00")
     if not compressed:
-        return keyword, text[:MAX_TEXT_BYTES]
-    return keyword, _inflate(text, MAX_TEXT_BYTES) if method == 0 else None
+        return keyword, text[:cap]
+    return keyword, _inflate_capped(text, cap) if method == 0 else None
+
+
+def _inflate_capped(compressed: bytes, cap: int) -> bytes | None:
+    """Decompress, refusing (too_large) a stream that inflates past ``cap``: a budget, not a cut."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(compressed, cap)
+    except zlib.error:
+        return None
+    if inflater.unconsumed_tail:
+        raise too_large(f"a PNG text chunk inflates past {cap} bytes")
+    return out
 
 
 def raw_profile(text: bytes) -> bytes | None:
@@ -176,15 +220,21 @@ class Embedded:
 
 
 def embedded(chunks: tuple[PngChunk, ...]) -> Embedded:
+    """Every EXIF and XMP blob, within ``MAX_METADATA_BYTES`` read and inflated in all: past that,
+    too_large (600 zTXt chunks each inflating to 4 MiB are refused, not read)."""
     exif, raw_exif, xmp = [], [], []
+    budget = MAX_METADATA_BYTES
     for c in chunks:
         if c.type == b"eXIf":
             exif.append(c.data[:MAX_EXIF_BYTES])
         if c.type not in TEXT_CHUNKS:
             continue
-        keyword, text = text_of(c)
+        keyword, text = text_of(c, min(budget, MAX_TEXT_BYTES))
         if text is None:
             continue
+        budget -= max(len(text), len(c.data))
+        if budget <= 0:
+            raise too_large(f"the PNG's text chunks hold over {MAX_METADATA_BYTES} bytes of metadata")
         if keyword == XMP_KEYWORD:
             xmp.append(text[:MAX_XMP_BYTES])
         elif keyword.startswith(RAW_PROFILE_PREFIX):
@@ -204,7 +254,12 @@ def embedded(chunks: tuple[PngChunk, ...]) -> Embedded:
 
 
 def locate(path: Path, limits: Limits) -> Found:
-    found = embedded(_read(path, limits).chunks)
+    try:
+        _data, _walk, found = _read(path, limits)
+    except SanitizeError as e:
+        if e.code == "too_large":
+            raise
+        return Found(notes=(f"png: damaged file, metadata not read ({e.message})",))
     return choose([locate_in_exif(blob) for blob in found.exif] + [locate_in_xmp(packet) for packet in found.xmp])
 
 
@@ -240,12 +295,27 @@ def _chunk_bytes(chunk_type: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + chunk_type + body + struct.pack(">I", zlib.crc32(chunk_type + body))
 
 
-def _iccp(chunk: PngChunk) -> bytes:
-    """iCCP with its free-text name replaced; the compressed profile itself is copied byte for byte."""
+def _iccp(chunk: PngChunk) -> bytes | None:
+    """iCCP with a neutral name and the profile rebuilt by ``worker.icc``; None when unreadable.
+
+    The declared inflate size is a budget: a profile inflating past ``icc.MAX_PROFILE_BYTES`` is
+    refused (too_large) before anything is allocated for it."""
     _name, sep, rest = chunk.data.partition(b"\x00")
     if not sep or len(_name) > 79:
         raise corrupt("the PNG iCCP chunk has no profile name terminator")
-    return _chunk_bytes(b"iCCP", ICC_PROFILE_NAME + b"\x00" + rest)
+    if rest[:1] != b"\x00":
+        return None
+    inflater = zlib.decompressobj()
+    try:
+        profile = inflater.decompress(rest[1:], icc.MAX_PROFILE_BYTES)
+    except zlib.error:
+        return None
+    if inflater.unconsumed_tail:
+        raise too_large(f"the PNG iCCP profile inflates past {icc.MAX_PROFILE_BYTES} bytes")
+    clean = icc.clean(profile)
+    if clean is None:
+        return None
+    return _chunk_bytes(b"iCCP", ICC_PROFILE_NAME + b"\x00\x00" + zlib.compress(clean, 9))
 
 
 def describe(chunk: PngChunk) -> str:
@@ -264,10 +334,12 @@ def describe(chunk: PngChunk) -> str:
 
 
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
-    data = src.read_bytes()
-    result = walk(data)
-    _check(result, limits)
-    blobs = embedded(result.chunks)
+    try:
+        data, result, blobs = _read(src, limits)
+    except SanitizeError as e:
+        if e.code not in ("corrupt", "truncated"):
+            raise
+        return reencode.salvage(src, dst, limits, e)
     orientation = display_orientation(blobs.exif[0] if blobs.exif else None, blobs.xmp[0] if blobs.xmp else None)
     out, removed = [SIGNATURE], []
     for c in result.chunks:
@@ -277,8 +349,18 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             orientation = 1
         if c.type in IMAGE_CHUNKS:
             out.append(data[c.start:c.end])
+        elif c.type == b"iCCP" and c.crc_ok:
+            profile = _iccp(c)
+            if profile is None:
+                removed.append("iCCP (unreadable profile)")
+            else:
+                out.append(profile)
         elif c.type in COLOUR_CHUNKS and c.crc_ok:
-            out.append(_iccp(c) if c.type == b"iCCP" else data[c.start:c.end])
+            lengths = FIXED_LENGTHS.get(c.type)
+            if lengths and len(c.data) not in lengths:
+                removed.append(f"{c.type.decode()} of the wrong length ({len(c.data)} bytes)")
+            else:
+                out.append(data[c.start:c.end])
         else:
             removed.append(describe(c))
     if result.trailer:
@@ -315,8 +397,14 @@ def inspect(path: Path) -> list[str]:
             findings.append(f"chunk {chunk_type.decode('latin-1', 'replace')} is not on the allow-list")
         elif chunk_type == b"eXIf":
             findings += orientation_only_findings(body)
-        elif chunk_type == b"iCCP" and not body.startswith(ICC_PROFILE_NAME + b"\x00"):
-            findings.append("iCCP with a profile name other than the neutral one")
+        elif chunk_type == b"iCCP":
+            if not body.startswith(ICC_PROFILE_NAME + b"\x00\x00"):
+                findings.append("iCCP with a profile name other than the neutral one")
+            else:
+                profile = _inflate(body[len(ICC_PROFILE_NAME) + 2:], icc.MAX_PROFILE_BYTES)
+                findings += icc.findings(profile) if profile is not None else ["iCCP that does not inflate"]
+        elif chunk_type in FIXED_LENGTHS and len(body) not in FIXED_LENGTHS[chunk_type]:
+            findings.append(f"chunk {chunk_type.decode('latin-1')} of {len(body)} bytes")
         seen.append(chunk_type)
         pos = end
         if chunk_type == b"IEND":
