@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from worker import icc as icc_profiles
-from worker.errors import SanitizeError, too_large, unsupported
+from worker.errors import SanitizeError, corrupt, too_large, unsupported
 from worker.formats.base import Limits, Rebuilt
 
 # Tried in order until the copy is visually equal to the decoded input: 95 is plenty for camera
@@ -103,6 +103,31 @@ def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
     except OSError as e:
         raise SanitizeError("internal", f"writing the JPEG copy failed: {e}") from None
     return quality
+
+
+# Coded image data the walks cannot judge (LZW, VP8/VP8L) is decoded once from the input when the
+# whole animation costs at most this many pixels; larger ones rely on the walks and the byte proof.
+DECODE_CHECK_PIXELS = 64_000_000
+
+
+def check_decodes(src: Path, frames: int, width: int, height: int, what: str) -> None:
+    """SanitizeError(corrupt) when Pillow cannot decode every frame of ``src`` (within the budget).
+
+    A byte flip inside LZW or VP8 data passes every structure walk, and a copy of it would be
+    byte-identical yet undecodable: refused here, before the rebuild, so ``salvage`` can try.
+    """
+    if frames * width * height > DECODE_CHECK_PIXELS:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(src) as image:
+                image.load()
+                for index in range(1, frames):
+                    image.seek(index)
+                    image.load()
+    except Exception as e:  # noqa: BLE001 - any decoder complaint means the input's image data is broken
+        raise corrupt(f"the {what} image data does not decode ({type(e).__name__}: {e})") from None
 
 
 @dataclass(frozen=True)

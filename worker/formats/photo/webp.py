@@ -168,6 +168,9 @@ def describe(w: Walk, c: Chunk) -> str:
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     try:
         w = _read(src, limits)
+        width, height = canvas_size(w)
+        frames = max(1, sum(1 for c in w.chunks if c.id == b"ANMF"))
+        reencode.check_decodes(src, frames, width, height, "WebP")   # a copy is byte-identical: it must be sound
     except SanitizeError as e:
         if e.code not in ("corrupt", "truncated"):
             raise
