@@ -289,3 +289,51 @@ def test_damaged_variants_only_ever_raise_sanitize_errors(tmp_path):
         except SanitizeError as e:
             codes.add(e.code)
     assert codes <= {"truncated", "corrupt", "too_large"}
+
+
+# --- the byte proof and the tables ---------------------------------------------------------------
+
+def test_verifier_proves_scans_by_bytes_and_refuses_a_changed_one(tmp_path):
+    """A copy whose scan differs by one byte decodes fine, but it is not the citizen's picture."""
+    src = tmp_path / "src.jpg"
+    fx.picture((64, 48)).save(src, "JPEG", quality=90)
+    copy = tmp_path / "copy.jpg"
+    rebuilt = jpeg.rebuild(src, copy, LIMITS)
+    verify_copy(copy, rebuilt, src)
+    data = bytearray(copy.read_bytes())
+    at = data.index(b"\xff\xda") + 40
+    data[at] = data[at] ^ 0x01 if data[at] not in (0xFE, 0xFF) and data[at] ^ 0x01 != 0xFF else 0x10
+    copy.write_bytes(bytes(data))
+    assert jpeg.inspect(copy) == []   # structurally clean: only the proof can tell
+    with pytest.raises(SanitizeError) as e:
+        verify_copy(copy, rebuilt, src)
+    assert e.value.code == "verify_failed" and "differs" in e.value.message
+
+
+def test_unused_tables_and_slack_are_not_copied(tmp_path):
+    """A fourth quantisation table no frame names, an unused Huffman table and slack after a DHT
+    table can carry anything: they are dropped, and the proof still shows the same tables in use."""
+    clean, src = tmp_path / "clean.jpg", tmp_path / "src.jpg"
+    fx.picture((64, 48)).save(clean, "JPEG", quality=90)
+    data = clean.read_bytes()
+    marker = b"MSCANARY-9e1c"
+    unused_dqt = _segment(0xDB, bytes([0x03]) + (marker * 5)[:64])
+    unused_dht = _segment(0xC4, bytes([0x13]) + bytes([0] * 15 + [len(marker)]) + marker + marker[:12])
+    src.write_bytes(data[:2] + unused_dqt + unused_dht + data[2:])
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized" and report.as_json()["salvaged"] is False
+    out = Path(report.output).read_bytes()
+    assert marker not in out
+    assert "unused quantisation tables or slack" in report.removed and "unused Huffman tables or slack" in report.removed
+    assert pixels(clean) == pixels(Path(report.output))   # libjpeg refuses the slack-laden input itself
+
+
+def test_impossible_table_headers_are_refused_before_the_rebuild(clean_jpeg, tmp_path):
+    """A frame naming a fifth quantisation table is broken input: corrupt (or salvaged), never verify_failed."""
+    data = bytearray(clean_jpeg)
+    sof = data.index(b"\xff\xc0")
+    data[sof + 2 + 2 + 6 + 2] = 0x07   # first component's quantisation table id
+    report = _report(tmp_path, bytes(data))
+    assert report.status == "rejected" or report.as_json()["salvaged"], report.as_json()
+    if report.status == "rejected":
+        assert report.error.code == "corrupt"

@@ -18,6 +18,7 @@ verifier's independent check of a copy's profile.
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 
@@ -192,6 +193,7 @@ def check_fidelity(original: bytes, rebuilt: bytes, tolerance: int = 1) -> bool:
     return max(high for _low, high in ImageChops.difference(expected, got).getextrema()) <= tolerance
 
 
+@functools.lru_cache(maxsize=32)   # a batch of one phone's photos carries one profile: check it once
 def clean(profile: bytes) -> bytes | None:
     """The profile to write into a copy: rebuilt, its fidelity checked; None when it cannot be kept.
 

@@ -14,6 +14,7 @@ mutagen checks inside their ``inspect``.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from worker import formats, icc
@@ -51,11 +52,12 @@ def _metadata_findings(im, frame: int = 0) -> list[str]:
     profile = im.info.get("icc_profile")
     if profile:
         findings += icc.findings(profile)
-        findings += _lcms_findings(profile)
+        findings += list(_lcms_findings(profile))
     return findings
 
 
-def _lcms_findings(profile: bytes) -> list[str]:
+@functools.lru_cache(maxsize=32)
+def _lcms_findings(profile: bytes) -> tuple[str, ...]:
     """LittleCMS's own reading of the profile's text: a second reader beside ``icc.findings``."""
     import io
 
@@ -67,13 +69,13 @@ def _lcms_findings(profile: bytes) -> list[str]:
         copyright_text = ImageCms.getProfileCopyright(cms).strip()
         maker = (ImageCms.getProfileManufacturer(cms) + ImageCms.getProfileModel(cms)).strip()
     except (ImageCms.PyCMSError, OSError, ValueError) as e:
-        return [f"LittleCMS cannot read the copy's ICC profile: {e}"]
+        return (f"LittleCMS cannot read the copy's ICC profile: {e}",)
     found = []
     if description != icc.NEUTRAL_DESCRIPTION:
         found.append(f"ICC description {description[:40]!r}")
     if copyright_text or maker:
         found.append("ICC copyright, maker or model text")
-    return found
+    return tuple(found)
 
 
 def pillow_header_findings(path: Path) -> list[str]:
