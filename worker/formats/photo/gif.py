@@ -18,7 +18,7 @@ from pathlib import Path
 from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import animation_pixel_budget, reencode
+from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -142,10 +142,14 @@ def _check(data: bytes, w: Walk, limits: Limits) -> None:
 
 
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk]:
-    data = path.read_bytes()
-    w = walk(data)
-    _check(data, w, limits)
-    return data, w
+    """The file and its checked walk, once per file: locate and rebuild share them."""
+    def read(p: Path) -> tuple[bytes, Walk]:
+        data = p.read_bytes()
+        w = walk(data)
+        _check(data, w, limits)
+        return data, w
+    read.__qualname__ = f"gif.read:{limits!r}"
+    return once_per_file(path, read)
 
 
 def _checked_for_copy(path: Path, limits: Limits) -> tuple[bytes, Walk]:
@@ -200,6 +204,7 @@ def _icc_extension(block: Block) -> bytes | None:
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     try:
         data, w = _checked_for_copy(src, limits)
+        release_read()
     except SanitizeError as e:
         if e.code not in ("corrupt", "truncated"):
             raise

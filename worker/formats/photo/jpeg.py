@@ -22,7 +22,7 @@ from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_of, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import reencode
+from worker.formats.photo import once_per_file, reencode, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -56,9 +56,6 @@ class Segment:
     start: int          # offset of the 0xFF of the marker
     end: int            # offset after the segment (after the entropy-coded data for SOS)
     payload: bytes      # the bytes after the length field (empty for standalone markers)
-
-
-_LAST_WALK: dict[tuple, tuple[bytes, "Walk"]] = {}
 
 
 @dataclass(frozen=True)
@@ -257,16 +254,12 @@ def _checked_walk(data: bytes, limits: Limits) -> Walk:
 
 
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk]:
-    """The file and its checked walk, once per file: locate and rebuild share it."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    cached = _LAST_WALK.get(key)
-    if cached is None:
-        data = path.read_bytes()
-        cached = (data, _checked_walk(data, limits))
-        _LAST_WALK.clear()
-        _LAST_WALK[key] = cached
-    return cached
+    """The file and its checked walk, once per file: locate and rebuild share them."""
+    def read(p: Path) -> tuple[bytes, Walk]:
+        data = p.read_bytes()
+        return data, _checked_walk(data, limits)
+    read.__qualname__ = f"jpeg.read:{limits!r}"
+    return once_per_file(path, read)
 
 
 def _extended_xmp(segments: tuple[Segment, ...]) -> list[bytes]:
@@ -446,6 +439,7 @@ def _table_segment(marker: int, tables: list[bytes]) -> bytes | None:
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     try:
         data, result = _read(src, limits)
+        release_read()
     except SanitizeError as e:
         if e.code not in ("corrupt", "truncated"):
             raise

@@ -28,7 +28,7 @@ from worker.errors import SanitizeError, corrupt, too_large, truncated, unsuppor
 from worker.exif import MAX_EXIF_BYTES, TAG_ORIENTATION, describe_exif, locate_in_exif, orientation_of, orientation_only_exif, \
     orientation_only_findings, tiff_body
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import animation_pixel_budget, reencode
+from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -141,20 +141,46 @@ def _check(result: Walk, limits: Limits) -> None:
             raise corrupt(f"the PNG palette is {len(c.data)} bytes")
 
 
-_LAST: dict[tuple, tuple[bytes, Walk, "Embedded"]] = {}
-
-
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk, "Embedded"]:
     """The file, its checked walk and its embedded metadata, once per file: locate and rebuild share them."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _LAST:
-        data = path.read_bytes()
+    def read(p: Path) -> tuple[bytes, Walk, Embedded]:
+        data = p.read_bytes()
         result = walk(data)
         _check(result, limits)
-        _LAST.clear()
-        _LAST[key] = (data, result, embedded(result.chunks))
-    return _LAST[key]
+        return data, result, embedded(result.chunks)
+    read.__qualname__ = f"png.read:{limits!r}"
+    return once_per_file(path, read)
+
+
+CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}   # IHDR colour type -> samples per pixel
+
+
+def check_image_data(result: Walk) -> None:
+    """Inflate the IDAT stream (C speed, output discarded in 1 MiB steps) within the size IHDR allows.
+
+    A copy carries IDAT byte for byte, so a stream that does not inflate (valid CRCs around broken
+    data) must be refused here, before the rebuild, not published as an identical broken copy.
+    """
+    width, height, depth, colour = struct.unpack(">IIBB", result.chunks[0].data[:10])
+    if colour not in CHANNELS or depth not in (1, 2, 4, 8, 16):
+        raise corrupt(f"the PNG declares colour type {colour} at depth {depth}")
+    row = 1 + (width * CHANNELS[colour] * depth + 7) // 8
+    bound = 2 * height * row + 4096          # Adam7 interlacing adds a filter byte per pass row
+    inflater, produced = zlib.decompressobj(), 0
+    try:
+        for c in result.chunks:
+            if c.type != b"IDAT":
+                continue
+            pending = c.data
+            while pending and not inflater.eof:
+                produced += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+                if produced > bound:
+                    raise corrupt(f"the PNG image data inflates past the {bound} bytes its header allows")
+    except zlib.error as e:
+        raise corrupt(f"the PNG image data does not inflate: {e}") from None
+    if not inflater.eof:
+        raise truncated("the PNG image data stream ends early")
 
 
 def _inflate(compressed: bytes, cap: int) -> bytes | None:
@@ -336,6 +362,8 @@ def describe(chunk: PngChunk) -> str:
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     try:
         data, result, blobs = _read(src, limits)
+        release_read()
+        check_image_data(result)
     except SanitizeError as e:
         if e.code not in ("corrupt", "truncated"):
             raise

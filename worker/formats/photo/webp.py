@@ -20,7 +20,7 @@ from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import animation_pixel_budget, reencode
+from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
 from worker.formats.walkers.iff import Chunk, chunk, iter_chunks
 from worker.formats.photo.png import display_orientation
 from worker.location import Found, choose
@@ -124,9 +124,13 @@ def _check(w: Walk, limits: Limits) -> None:
 
 
 def _read(path: Path, limits: Limits) -> Walk:
-    w = walk(path.read_bytes())
-    _check(w, limits)
-    return w
+    """The checked walk (holding the file), once per file: locate and rebuild share it."""
+    def read(p: Path) -> Walk:
+        w = walk(p.read_bytes())
+        _check(w, limits)
+        return w
+    read.__qualname__ = f"webp.read:{limits!r}"
+    return once_per_file(path, read)
 
 
 def locate(path: Path, limits: Limits) -> Found:
@@ -169,6 +173,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     try:
         w = _read(src, limits)
         width, height = canvas_size(w)
+        release_read()
         frames = max(1, sum(1 for c in w.chunks if c.id == b"ANMF"))
         reencode.check_decodes(src, frames, width, height, "WebP")   # a copy is byte-identical: it must be sound
     except SanitizeError as e:
