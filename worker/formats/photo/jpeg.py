@@ -33,6 +33,7 @@ SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0
 TABLE_MARKERS = frozenset({DQT, DHT, DRI, DAC})
 STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})   # TEM, RST0..7: no length field
 LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})   # predictive coding: no quantisation tables
+PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 # 0xFF not followed by stuffing (00), a restart marker (D0-D7) or fill (FF): the end of a scan
 SCAN_END = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 MAX_SEGMENTS = 20_000          # a camera JPEG has tens; budget set before the walk
@@ -183,11 +184,20 @@ def _huffman_tables(payload: bytes) -> tuple[list[tuple[tuple[int, int], bytes]]
         table_class, table_id = payload[i] >> 4, payload[i] & 0x0F
         if table_class > 1 or table_id > 3:
             raise corrupt(f"a JPEG Huffman table declares class {table_class}, id {table_id}")
-        count = sum(payload[i + 1:i + 17])
+        lengths = payload[i + 1:i + 17]
+        count = sum(lengths)
         if count > 256:
             raise corrupt(f"a JPEG Huffman table declares {count} codes")
         if i + 17 + count > len(payload):
             break
+        code = 0
+        for bits, n in enumerate(lengths, 1):   # libjpeg's canonical-code check: every code must fit
+            code += n
+            if n and code >= 1 << bits:
+                raise corrupt(f"a JPEG Huffman table declares more {bits}-bit codes than fit")
+            code <<= 1
+        if table_class == 0 and any(symbol > 15 for symbol in payload[i + 17:i + 17 + count]):
+            raise corrupt("a JPEG DC Huffman table holds a symbol over 15")
         tables.append(((table_class, table_id), payload[i:i + 17 + count]))
         i += 17 + count
     return tables, len(payload) - i
@@ -223,6 +233,15 @@ def scan_components(payload: bytes, frame: dict[int, int]) -> list[tuple[int, in
     return result
 
 
+def check_progression(payload: bytes, frame_marker: int) -> None:
+    """libjpeg's own refusal of a progressive scan's spectral and approximation parameters."""
+    start, end, approximation = payload[-3], payload[-2], payload[-1]
+    high, low = approximation >> 4, approximation & 0x0F
+    bad = (end != 0) if start == 0 else (start > end or end > 63 or payload[0] != 1)
+    if bad or (high and low != high - 1) or low > 13:
+        raise corrupt(f"a progressive JPEG scan declares spectral {start}-{end}, approximation {high}/{low}")
+
+
 def scan_uses(payload: bytes) -> tuple[bool, bool]:
     """(uses DC tables, uses AC tables) of a scan: a DC-only progressive scan needs no AC table."""
     start, end = payload[-3], payload[-2]
@@ -236,17 +255,22 @@ def _checked_walk(data: bytes, limits: Limits) -> Walk:
         raise too_large(f"{width}x{height} pixels is over the limit of {limits.max_pixels}")
     frame: dict[int, int] = {}
     quant: set[int] = set()
-    lossless = False
+    lossless, frame_marker = False, 0
     for s in result.segments:
         if s.marker in SOF_MARKERS:
             frame = frame_components(s.payload)
             lossless = s.marker in LOSSLESS_SOF
+            frame_marker = s.marker
+            if s.marker in (0xC0, 0xC1, 0xC2) and s.payload[0] != 8 and not (s.marker != 0xC0 and s.payload[0] == 12):
+                raise corrupt(f"a JPEG frame declares {s.payload[0]}-bit samples")
         elif s.marker == DQT:
             quant.update(table_id for table_id, _ in _quant_tables(s.payload)[0])
         elif s.marker == DHT:
             _huffman_tables(s.payload)
         elif s.marker == SOS:
             scan_components(s.payload, frame)
+            if frame_marker in PROGRESSIVE_SOF:
+                check_progression(s.payload, frame_marker)
             missing = {table for table in frame.values() if table not in quant}
             if missing and not lossless:
                 raise corrupt(f"the JPEG scan uses quantisation tables {sorted(missing)} that are never defined")

@@ -129,6 +129,20 @@ def _check(result: Walk, limits: Limits) -> None:
         if frames * width * height > animation_pixel_budget(limits):
             raise too_large(f"{frames} frames of {width}x{height} is over the animation budget of "
                             f"{animation_pixel_budget(limits)} pixels")
+    sequence, frame_has_data = 0, True
+    for c in result.chunks:
+        if c.type in (b"fcTL", b"fdAT"):   # APNG sequence numbers run 0, 1, 2, ... over both
+            if len(c.data) < 4 or struct.unpack(">I", c.data[:4])[0] != sequence:
+                raise corrupt(f"the APNG {c.type.decode()} chunk breaks the frame sequence at {sequence}")
+            sequence += 1
+        if c.type == b"fcTL":
+            if not frame_has_data:
+                raise corrupt("an APNG frame has no image data")
+            frame_has_data = False
+        elif c.type in (b"IDAT", b"fdAT"):
+            frame_has_data = True
+    if not frame_has_data:
+        raise corrupt("the last APNG frame has no image data")
     for c in result.chunks:
         lengths = FIXED_LENGTHS.get(c.type)
         if lengths and len(c.data) not in lengths and c.type in IMAGE_CHUNKS:
