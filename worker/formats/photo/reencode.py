@@ -46,6 +46,8 @@ def upright(image: Image.Image) -> Image.Image:
     HEIF irot/imir while decoding and resets EXIF Orientation to 1; Pillow's AVIF plugin writes
     irot/imir into the Orientation it reports. So one ``exif_transpose`` is right for all three.
     """
+    if image.getexif().get(0x0112, 1) in (None, 1):
+        return image   # already upright: exif_transpose would hand back a full-size copy for nothing
     return ImageOps.exif_transpose(image)
 
 
@@ -60,14 +62,14 @@ def to_jpeg_mode(image: Image.Image, icc: bytes | None) -> Image.Image:
         # Pillow clips 16-bit grey to 8 bits; scale it instead, or a scan turns white.
         image = image.convert("I").point(lambda value: value * (1 / 257))
     try:
-        return image.convert(mode) if image.mode != mode else image.copy()
+        return image.convert(mode) if image.mode != mode else image   # no full-size copy when the mode is right
     except ValueError as e:   # e.g. LAB or multi-sample TIFFs Pillow cannot convert
         raise unsupported(f"cannot convert a {image.mode} picture to {mode} for the agency copy ({e})") from None
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
     """Peak signal-to-noise ratio of two same-size pictures, over their RGB values, in dB."""
-    difference = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+    difference = ImageChops.difference(a if a.mode == "RGB" else a.convert("RGB"), b if b.mode == "RGB" else b.convert("RGB"))
     squares = sum(ImageStat.Stat(difference).sum2)
     if squares == 0:
         return math.inf
@@ -89,7 +91,7 @@ def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
     of ``JPEG_QUALITIES`` whose result is visually equal to the decoded picture is kept; returns it.
     """
     picture = to_jpeg_mode(upright(image), icc)
-    picture.info = {}
+    picture.info = {}   # may be the caller's own image: it is not used after this
     keep_icc = icc_profiles.clean(icc) if icc and icc_space(icc) == picture.mode else None
     for quality in JPEG_QUALITIES:
         data = encode_jpeg(picture, quality, keep_icc)
