@@ -29,6 +29,7 @@ GRAPHIC_CONTROL, COMMENT, PLAIN_TEXT, APPLICATION = 0xF9, 0xFE, 0x01, 0xFF
 LOOP_APPLICATIONS = (b"NETSCAPE2.0", b"ANIMEXTS1.0")
 ICC_APPLICATION = b"ICCRGBG1012"
 XMP_APPLICATION = b"XMP DataXMP"
+GRAPHIC_CONTROL_BYTES = 4   # flags, delay, transparent index
 MAX_BLOCKS = 100_000         # budget on the block walk, set before it starts
 MAX_LZW_CODE_SIZE = 11       # the LZW minimum code size is 2..8 by the spec; decoders accept up to 11
 
@@ -213,8 +214,16 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     out, removed = [data[:w.screen_end]], []
     loop_written = False
     for b in w.blocks:
-        if b.kind in (IMAGE_SEPARATOR, GRAPHIC_CONTROL):
+        if b.kind == IMAGE_SEPARATOR:
             out.append(data[b.start:b.end])
+        elif b.kind == GRAPHIC_CONTROL:
+            # its one defined 4-byte sub-block only: more sub-blocks or a longer one are carriers
+            if len(b.body) < GRAPHIC_CONTROL_BYTES:
+                removed.append("graphic control extension shorter than 4 bytes")
+                continue
+            out.append(b"\x21\xf9\x04" + b.body[:GRAPHIC_CONTROL_BYTES] + b"\x00")
+            if len(b.body) > GRAPHIC_CONTROL_BYTES:
+                removed.append("graphic control extension slack")
         elif b.kind == APPLICATION and b.application == ICC_APPLICATION and not icc_written:
             extension = _icc_extension(b)
             if extension is None:
@@ -262,7 +271,10 @@ def inspect(path: Path) -> list[str]:
                     findings.append(f"{name.decode('latin-1')} extension with more than the loop count")
             elif label == APPLICATION and name == ICC_APPLICATION:
                 profile = []
-            elif label != GRAPHIC_CONTROL:
+            elif label == GRAPHIC_CONTROL:
+                if data[pos + 2:pos + 3] != b"\x04" or data[pos + 7:pos + 8] != b"\x00":
+                    findings.append("graphic control extension with more than its 4 bytes")
+            else:
                 findings.append(f"{describe(Block(label, pos, pos, name, b''))} is not on the allow-list")
             pos += 2
         else:

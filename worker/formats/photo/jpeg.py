@@ -498,6 +498,10 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             if len(kept) < len(tables) or slack:
                 removed.append("unused Huffman tables or slack")
             body.append(_table_segment(DHT, kept) or b"")
+        elif s.marker == DRI:
+            if len(payload) < 2:
+                raise corrupt("the JPEG restart interval segment is shorter than 2 bytes")
+            body.append(_segment_bytes(DRI, payload[:2]))   # its 2 defined bytes, no slack
         elif s.marker in TABLE_MARKERS or s.marker in SOF_MARKERS or s.marker == SOS or s.marker == EOI:
             body.append(data[s.start:s.end])
         else:
@@ -572,6 +576,8 @@ def inspect(path: Path) -> list[str]:
                 i += 65 if payload[i] >> 4 == 0 else 129
             if i != len(payload):
                 findings.append("DQT segment with slack after its tables")
+        elif marker == DRI and len(payload) != 2:
+            findings.append("DRI segment with more than its 2 bytes")
         elif marker in SOF_MARKERS:
             frame_tables |= {payload[8 + 3 * i] for i in range(payload[5] if len(payload) > 5 else 0)
                              if 8 + 3 * i < len(payload)}

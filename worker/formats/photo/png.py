@@ -153,6 +153,11 @@ def _check(result: Walk, limits: Limits) -> None:
                 raise corrupt(f"an APNG frame of {w}x{h} at {x},{y} lies outside the {width}x{height} canvas")
         if c.type == b"PLTE" and (len(c.data) % 3 or len(c.data) > 768):
             raise corrupt(f"the PNG palette is {len(c.data)} bytes")
+        if c.type == b"tRNS":
+            colour = first.data[9]
+            allowed = {0: 2, 2: 6, 3: 256}.get(colour, -1)
+            if (colour == 3 and len(c.data) > allowed) or (colour != 3 and len(c.data) != allowed):
+                raise corrupt(f"the PNG tRNS chunk is {len(c.data)} bytes for colour type {colour}")
 
 
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk, "Embedded"]:
@@ -180,10 +185,13 @@ def check_image_data(result: Walk) -> None:
         raise corrupt(f"the PNG declares colour type {colour} at depth {depth}")
     row = 1 + (width * CHANNELS[colour] * depth + 7) // 8
     bound = 2 * height * row + 4096          # Adam7 interlacing adds a filter byte per pass row
-    inflater, produced = zlib.decompressobj(), 0
+    inflater, produced, after_end = zlib.decompressobj(), 0, False
     try:
         for c in result.chunks:
             if c.type != b"IDAT":
+                continue
+            if inflater.eof:
+                after_end = after_end or bool(c.data)
                 continue
             pending = c.data
             while pending and not inflater.eof:
@@ -195,6 +203,8 @@ def check_image_data(result: Walk) -> None:
         raise corrupt(f"the PNG image data does not inflate: {e}") from None
     if not inflater.eof:
         raise truncated("the PNG image data stream ends early")
+    if inflater.unused_data or after_end:
+        raise corrupt("the PNG image data holds bytes after its compressed stream")
 
 
 def _inflate(compressed: bytes, cap: int) -> bytes | None:

@@ -6,15 +6,15 @@ own (none shares a walker with the rebuild) and lists what defines the picture, 
 verifier runs it on the input and on the copy; equal lists mean equal pixels, for every frame,
 whatever a decoder would do with them (a decode of a JPEG cut off in its scan "succeeds").
 
-- JPEG: every frame header, and for every scan its header, the restart interval, the quantisation
+- JPEG: every frame header, and for every scan its header, the restart interval (its 2 bytes), the quantisation
   and Huffman (or arithmetic) tables it reads *as in effect when it starts*, and a hash of its
   entropy-coded bytes. Table segments may be rewritten (unused tables and slack dropped), so
   what is proved is "tables in use and scans identical", which is what a decoder sees.
 - PNG: IHDR, PLTE, tRNS and the animation chunks (acTL, fcTL) whole; IDAT and fdAT data hashed.
 - WebP: the canvas and the alpha/animation flags of VP8X, ANIM, each ANMF's frame header, every
   VP8/VP8L/ALPH payload (top level and inside frames) hashed.
-- GIF: logical screen and global colour table, each graphic control extension, each image
-  (descriptor, local colour table, LZW data) hashed.
+- GIF: logical screen and global colour table, the 4 defined bytes of each graphic control
+  extension, each image (descriptor, local colour table, LZW data) hashed.
 
 Each returns None when the file cannot be walked (which, for a copy, is itself a finding).
 """
@@ -80,7 +80,7 @@ def jpeg_image(data: bytes) -> list[tuple] | None:
         elif marker == 0xCC:
             arithmetic += payload
         elif marker == 0xDD:
-            restart = payload
+            restart = payload[:2]   # the interval; a decoder reads nothing more
         elif marker in _SOF:
             count = payload[5] if len(payload) > 5 else 0
             frame = {payload[6 + 3 * i]: payload[8 + 3 * i] for i in range(count) if 9 + 3 * i <= len(payload)}
@@ -175,6 +175,10 @@ def gif_image(data: bytes) -> list[tuple] | None:
         elif data[pos] == 0x21 and pos + 1 < len(data):
             kind = "control" if data[pos + 1] == 0xF9 else None
             pos += 2
+            if kind:
+                start = -1   # a control's 4 defined bytes (flags, delay, transparency) are all a decoder reads
+                if pos + 5 <= len(data) and data[pos] >= 4:
+                    items.append(("control", data[pos + 1:pos + 5]))
         else:
             return None
         while pos < len(data) and data[pos]:
@@ -182,7 +186,7 @@ def gif_image(data: bytes) -> list[tuple] | None:
         pos += 1
         if pos > len(data):
             return None
-        if kind:
+        if kind and start >= 0:
             items.append((kind, _digest(view[start:pos])))
     return items
 
