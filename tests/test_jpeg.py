@@ -337,3 +337,16 @@ def test_impossible_table_headers_are_refused_before_the_rebuild(clean_jpeg, tmp
     assert report.status == "rejected" or report.as_json()["salvaged"], report.as_json()
     if report.status == "rejected":
         assert report.error.code == "corrupt"
+
+
+def test_a_salvaged_photo_still_gives_its_fix_to_the_restricted_record(tmp_path):
+    """The phone's fix is read from the damaged file's segments before its scan, then salvaged."""
+    src = tmp_path / "pxl.jpg"
+    expected = fx.android_phone_jpeg(src)
+    data = src.read_bytes()
+    scan = [seg for seg in jpeg.walk(data).segments if seg.marker == jpeg.SOS][0]
+    src.write_bytes(data[:scan.start + 400])   # ends inside its scan: no EOI
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized" and report.as_json()["salvaged"], report.as_json()
+    assert_fix(report, expected)
+    assert leaks(Path(report.output)) == [] and exiftool(Path(report.output)).get("GPS:GPSLatitude") is None

@@ -233,7 +233,7 @@ def scan_components(payload: bytes, frame: dict[int, int]) -> list[tuple[int, in
     return result
 
 
-def check_progression(payload: bytes, frame_marker: int) -> None:
+def check_progression(payload: bytes) -> None:
     """libjpeg's own refusal of a progressive scan's spectral and approximation parameters."""
     start, end, approximation = payload[-3], payload[-2], payload[-1]
     high, low = approximation >> 4, approximation & 0x0F
@@ -270,7 +270,7 @@ def _checked_walk(data: bytes, limits: Limits) -> Walk:
         elif s.marker == SOS:
             scan_components(s.payload, frame)
             if frame_marker in PROGRESSIVE_SOF:
-                check_progression(s.payload, frame_marker)
+                check_progression(s.payload)
             missing = {table for table in frame.values() if table not in quant}
             if missing and not lossless:
                 raise corrupt(f"the JPEG scan uses quantisation tables {sorted(missing)} that are never defined")
