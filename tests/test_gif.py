@@ -135,11 +135,11 @@ def test_verifier_catches_a_planted_extension(tmp_path, planted):
     src = tmp_path / "in.gif"
     fx.animated_gif_with_comment(src)
     _, out = sanitize(src, tmp_path)
-    verify_copy(out, GIF_REBUILT)
+    verify_copy(out, GIF_REBUILT, src)
     fx.insert_gif_blocks(out, planted)
     assert gif.inspect(out)
     with pytest.raises(SanitizeError) as e:
-        verify_copy(out, GIF_REBUILT)
+        verify_copy(out, GIF_REBUILT, src)
     assert e.value.code == "verify_failed"
 
 

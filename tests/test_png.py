@@ -188,11 +188,11 @@ def test_verifier_catches_a_planted_chunk(tmp_path, planted):
     src = tmp_path / "in.png"
     fx.png_with_text_and_exif(src)
     _, out = sanitize(src, tmp_path)
-    verify_copy(out, PNG_REBUILT)   # the clean copy passes
+    verify_copy(out, PNG_REBUILT, src)   # the clean copy passes the byte proof and the header parse
     fx.insert_png_chunks(out, planted)
     assert png.inspect(out)
     with pytest.raises(SanitizeError) as e:
-        verify_copy(out, PNG_REBUILT)
+        verify_copy(out, PNG_REBUILT, src)
     assert e.value.code == "verify_failed"
 
 

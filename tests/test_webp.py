@@ -151,11 +151,11 @@ def test_verifier_catches_planted_metadata(tmp_path, plant):
     src = tmp_path / "in.webp"
     fx.webp_with_exif_xmp(src, lossless=True)
     _, out = sanitize(src, tmp_path)
-    verify_copy(out, WEBP_REBUILT)
+    verify_copy(out, WEBP_REBUILT, src)
     out.write_bytes(plant(out.read_bytes()))
     assert webp.inspect(out)
     with pytest.raises(SanitizeError) as e:
-        verify_copy(out, WEBP_REBUILT)
+        verify_copy(out, WEBP_REBUILT, src)
     assert e.value.code == "verify_failed"
 
 
