@@ -22,8 +22,6 @@ import functools
 import io
 import struct
 
-from worker.errors import corrupt
-
 HEADER = 128
 TAG_ENTRY = 12
 MAX_TAGS = 100                      # real profiles have 10-30; a budget, set before the walk
@@ -197,16 +195,15 @@ def check_fidelity(original: bytes, rebuilt: bytes, tolerance: int = 1) -> bool:
 def clean(profile: bytes) -> bytes | None:
     """The profile to write into a copy: rebuilt, its fidelity checked; None when it cannot be kept.
 
-    Raises SanitizeError(corrupt) when the rebuilt profile would show other colours than the
-    original (a profile we cannot reproduce faithfully is not silently changed).
+    None when the profile is unreadable or when its rebuilt form would show other colours (it
+    needs a tag we do not keep): the copy then goes without a profile, as every reader shows a
+    photo whose profile it cannot use, and the report says so. The photo is never refused for it.
     """
     try:
         rebuilt = rebuild(profile)
     except ProfileError:
         return None
-    if not check_fidelity(profile, rebuilt):
-        raise corrupt("the ICC profile cannot be rebuilt with the same colours")
-    return rebuilt
+    return rebuilt if check_fidelity(profile, rebuilt) else None
 
 
 def findings(profile: bytes) -> list[str]:

@@ -227,7 +227,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         elif b.kind == APPLICATION and b.application == ICC_APPLICATION and not icc_written:
             extension = _icc_extension(b)
             if extension is None:
-                removed.append("ICC profile extension (unreadable)")
+                removed.append("ICC profile extension (unreadable or not reproducible without its text)")
             else:
                 out.append(extension)
                 icc_written = True

@@ -428,7 +428,7 @@ def _icc_segments(result: Walk, removed: list[str]) -> list[bytes]:
         return []
     profile = icc.clean(b"".join(data for _seq, data in chunks))
     if profile is None:
-        removed.append("APP2 ICC profile (unreadable)")
+        removed.append("APP2 ICC profile (unreadable or not reproducible without its text)")
         return []
     parts = [profile[i:i + ICC_CHUNK] for i in range(0, len(profile), ICC_CHUNK)]
     return [_segment_bytes(APP2, ICC_ID + bytes((n, len(parts))) + part) for n, part in enumerate(parts, 1)]

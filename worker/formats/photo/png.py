@@ -404,7 +404,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         elif c.type == b"iCCP" and c.crc_ok:
             profile = _iccp(c)
             if profile is None:
-                removed.append("iCCP (unreadable profile)")
+                removed.append("iCCP (profile unreadable or not reproducible without its text)")
             else:
                 out.append(profile)
         elif c.type in COLOUR_CHUNKS and c.crc_ok:

@@ -196,7 +196,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         elif c.id == b"ICCP":
             profile = icc.clean(w.payload(c)) if not has_icc else None
             if profile is None:
-                removed.append("ICCP (unreadable or repeated profile)")
+                removed.append("ICCP (profile repeated, unreadable or not reproducible without its text)")
             else:
                 body.append(chunk(b"ICCP", profile))
                 has_icc = True
