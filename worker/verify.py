@@ -33,12 +33,21 @@ PILLOW_TECHNICAL_INFO = frozenset({
 ORIENTATION_TAG = 0x0112
 
 
-def _metadata_findings(im, frame: int = 0) -> list[str]:
+def _metadata_findings(im, frame: int = 0, decoded: bool = True) -> list[str]:
     findings: list[str] = []
     # "exif" is judged by its content below (an Orientation-only EXIF may stay), not by presence
     extra = sorted(k for k in im.info if str(k).lower() not in PILLOW_TECHNICAL_INFO | {"exif"})
     findings += [f"Pillow info key {k!r} in frame {frame}" for k in extra]
-    exif = im.getexif()
+    if decoded:
+        exif = im.getexif()
+    else:
+        # getexif() would decode a PNG to look for a late eXIf; the header's own EXIF is read
+        # instead, and the format's walk (``inspect``) checks every eXIf wherever it sits
+        from PIL import Image
+
+        exif = Image.Exif()
+        if im.info.get("exif"):
+            exif.load(im.info["exif"])
     tags = {t for t in exif if t != ORIENTATION_TAG}
     if tags:
         findings.append(f"EXIF tags besides Orientation: {sorted(tags)}")
@@ -84,7 +93,7 @@ def pillow_header_findings(path: Path) -> list[str]:
 
     try:
         with Image.open(path) as im:
-            return _metadata_findings(im)
+            return _metadata_findings(im, decoded=False)
     except SanitizeError:
         raise
     except Exception as e:  # noqa: BLE001 - a copy Pillow cannot even open is not publishable
