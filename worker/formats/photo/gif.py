@@ -6,8 +6,11 @@ for byte, so every frame decodes identically; the NETSCAPE2.0 / ANIMEXTS1.0 loop
 to its one defined sub-block. Comment and plain-text extensions, XMP and every other application
 extension, and anything after the trailer, are dropped.
 
-The ICC profile extension (ICCRGBG1012) is kept, as ICC is in every other photo format: it is
-colour data, needed to show the picture as taken, and the verifier reads it as ``icc_profile``.
+Graphic control extensions are cut to their 4 defined bytes. The ICC profile extension
+(ICCRGBG1012) is kept, as ICC is in every other photo format, with its profile rebuilt by
+``worker.icc``. Every frame must lie inside the logical screen, and frames x screen pixels are
+budgeted; the LZW data is decoded once from the input (within ``reencode.DECODE_CHECK_PIXELS``)
+because the copy carries it byte for byte.
 """
 from __future__ import annotations
 

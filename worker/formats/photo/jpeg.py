@@ -1,11 +1,19 @@
 """JPEG (JFIF, Exif, MPO, motion photos): locate by EXIF then XMP, rebuild losslessly by allow-list.
 
-The agency copy is the original's own segments, copied byte for byte where they are on DESIGN.md's
-allow-list: SOI, APP0 JFIF (rewritten without its thumbnail), APP2 ICC_PROFILE (every chunk, in
-order), APP14 Adobe (rewritten to its 12 defined bytes), the tables, frame and scan headers with
-their entropy-coded data, EOI. Scans are never decoded, so pixels are bit-identical. When the
-original is rotated by EXIF Orientation, a minimal Orientation-only EXIF goes in after APP0 so the
-copy displays as the original does. Everything else, and anything after EOI, is dropped.
+The agency copy is the original's own frame and scan headers and entropy-coded data, copied byte
+for byte, with SOI, APP0 JFIF (rewritten without its thumbnail), APP2 ICC_PROFILE (the profile
+rebuilt by ``worker.icc`` and split again), APP14 Adobe (its 12 defined bytes), DRI (its 2 bytes),
+the quantisation and Huffman tables a frame or scan uses (rewritten without unused tables or
+slack), EOI. Scans are never decoded, so pixels are bit-identical. When the original is rotated
+by EXIF Orientation, a minimal Orientation-only EXIF goes in after APP0 so the copy displays as
+the original does. Everything else, and anything after EOI, is dropped.
+
+Before anything is copied the walk checks what libjpeg would refuse (table and frame headers,
+progressive parameters): a broken input is ``corrupt`` or ``truncated``, not a broken copy. A
+photo whose structure is damaged but which Pillow still shows (stray bytes, a bad marker in the
+scan, no EOI) is salvaged: re-encoded from its pixels (``reencode.salvage``) and reported so.
+``locate`` reads the segments before the first scan even then, the MPO's second image and a
+motion photo's video too.
 
 ``inspect`` is the verifier's walk: a separate, stricter loop that reports anything a clean copy
 cannot contain.

@@ -2,9 +2,14 @@
 
 The agency copy is the original's own chunks, copied byte for byte (CRC included) when they are on
 DESIGN.md's allow-list: IHDR PLTE tRNS IDAT IEND, the colour chunks, pHYs, bKGD and the APNG
-animation chunks, in their original order (so APNG sequence numbers stay valid). Image data is
-never decoded, so every frame is bit-identical. Text (tEXt, zTXt, iTXt), eXIf, tIME, private and
-unknown chunks, and anything after IEND, are dropped.
+animation chunks, in their original order (so APNG sequence numbers stay valid); iCCP is rebuilt
+by ``worker.icc`` under a neutral name. Kept chunks must have their defined length (a longer
+bKGD or pHYs is a carrier: dropped). Image data is never decoded, so every frame is bit-identical;
+the IDAT stream is inflated once (output discarded) to prove it sound. Text (tEXt, zTXt, iTXt),
+eXIf, tIME, private and unknown chunks, and anything after IEND, are dropped.
+
+Budgets set before the work: chunk count, total text inflated (too_large past it), iCCP inflate
+size, frames x canvas pixels for APNG.
 
 Orientation: PNG has no orientation field of its own, only EXIF's. When the original displays
 rotated (its EXIF, or failing that its XMP, says so, the way Pillow reads it), the copy gets a

@@ -4,6 +4,9 @@ The agency copy is a new RIFF of the original's own VP8X, ICCP, ANIM, ANMF, ALPH
 chunks, payloads copied byte for byte, so every frame decodes bit-identically. Inside each ANMF
 frame only ALPH, VP8 and VP8L are kept. EXIF, XMP and unknown chunks, and anything past the RIFF
 size, are dropped; the VP8X flags are recomputed from what is kept and the RIFF size is exact.
+ICCP is rebuilt by ``worker.icc``; ANIM is cut to its 6 defined bytes; frames must lie inside the
+canvas and frames x canvas pixels are budgeted; the bitstreams are decoded once from the input
+(within ``reencode.DECODE_CHECK_PIXELS``) because the copy carries them byte for byte.
 
 Orientation: WebP has none of its own, only EXIF's. When the original displays rotated (its EXIF,
 or failing that its XMP, says so, as Pillow reads it), the copy keeps a minimal Orientation-only
