@@ -11,9 +11,10 @@ _LAST_READ: dict[tuple, object] = {}
 
 def once_per_file(path: Path, read: Callable[[Path], T]) -> T:
     """``read(path)``, remembered for the last file: ``locate`` and ``rebuild`` of one upload share
-    one read and one walk. Keyed by path, size and mtime, so a changed file is read again."""
+    one read and one walk. Keyed by path, inode, size and times, so a changed file is read again."""
     stat = path.stat()
-    key = (read.__module__, read.__qualname__, str(path), stat.st_size, stat.st_mtime_ns)
+    key = (read.__module__, read.__qualname__, str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns,
+           stat.st_ctime_ns)
     if key not in _LAST_READ:
         value = read(path)
         _LAST_READ.clear()
