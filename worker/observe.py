@@ -128,7 +128,7 @@ def _worker_init(sender=None, **_) -> None:
         if task.name.startswith("tasks."):
             task.Request = ObservedRequest
     if settings.metrics_port:
-        folder = metrics.multiprocess_dir(settings.resolved_data_dir(), sender.hostname)
+        folder = metrics.multiprocess_dir(settings.resolved_data_dir(), sender.hostname, os.getpid())
         metrics.serve_worker_metrics(folder=folder, host=settings.metrics_host, port=settings.metrics_port)
         log.info("metrics of %s on http://%s:%d/metrics", sender.hostname, settings.metrics_host,
                  settings.metrics_port)
