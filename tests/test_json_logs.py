@@ -160,3 +160,28 @@ def test_redaction_is_the_last_line_of_defence():
     assert "[redacted]" in lines[0]["message"] and "FOIL" in lines[1]["message"]
     assert "ValueError" in lines[4]["exception"]
     assert lines[5]["upload_id"] == "up-1" and "upload_id" not in lines[0]
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("©xyz +40.7128-074.0060+010.000/", "40.7128"),
+    ("ISO6709 +4042.7680-07400.3585/", "07400.3585"),
+    ("GPSLatitude=((40, 1), (42, 1), (4599, 100))", "4599"),
+    ("GPS 40 deg 42' 46.00\" N", "42' 46"),
+    ("lat: 40.7, lon: -74.0", "74.0"),
+    ("at 40.712776, -74.005974 exactly", "74.005974"),
+    ("{'Authorization': 'Bearer abc.def-123'}", "abc.def-123"),
+    ("redis://:hunter2@broker:6379/0", "hunter2"),
+    ("X-Amz-Signature=3f9a7c", "3f9a7c"),
+])
+def test_redact_removes(text, secret):
+    assert secret not in logs.redact(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Task tasks.sanitize_upload[9237e6ea-1234-5678-bb9d-192286e397fc] received",
+    "Task tasks.sanitize_upload[9237e6ea-1291-4ddf-bb9d-192286e397fc] succeeded in 0.16021336899996186s: 'done'",
+    "upload 3d34a0bd2ea34fad8177f76e59c40f2a done (jpeg)",
+    "127.0.0.1:35498 - \"GET /uploads/u1/media HTTP/1.1\" 200",
+])
+def test_redact_leaves_ordinary_lines_alone(text):
+    assert logs.redact(text) == text
