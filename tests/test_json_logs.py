@@ -136,8 +136,8 @@ def test_server_access_lines_are_json_without_the_token(tmp_path):
 def test_redaction_is_the_last_line_of_defence():
     """In-process: whatever a careless line holds, the JSON line written has it replaced."""
     stream = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    root, pool = logging.getLogger(), logging.getLogger("multiprocessing")
+    saved = root.handlers[:], root.level, pool.handlers[:]
     logs.configure("json", "INFO", stream=stream)
     try:
         log = logging.getLogger("tests.careless")
@@ -151,9 +151,10 @@ def test_redaction_is_the_last_line_of_defence():
             log.exception("parser failed")
         with logs.upload_context("up-1"):
             log.info("inside an upload")
-    finally:
-        root.handlers, _ = saved
+    finally:   # this process's logging as pytest set it up
+        root.handlers, pool.handlers = saved[0], saved[2]
         root.setLevel(saved[1])
+        logging.captureWarnings(False)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) == 6
     assert_nothing_sensitive(stream.getvalue())
