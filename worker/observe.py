@@ -2,7 +2,9 @@
 
 worker/app.py imports this module, which only connects receivers; they run in a worker's processes:
 
-* ``setup_logging`` (main process): our handler and format (MEDIASAN_LOG_FORMAT) instead of Celery's.
+* ``celeryd_init`` and ``setup_logging`` (main process; ``setup_logging`` again in each pool child):
+  our handler and format (MEDIASAN_LOG_FORMAT) instead of Celery's; ``celeryd_after_setup``: with
+  JSON logs, no banner and Celery's console lines ("Warm shutdown") as JSON.
 * ``worker_init`` (main process, before the pool forks): the metrics folder and server when
   MEDIASAN_METRICS_PORT is set, and ``ObservedRequest`` on our tasks, which names the upload of each
   task id for the main process's lines (received, worker lost).
