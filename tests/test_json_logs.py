@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from fixtures.jpeg import NEW_YORK, android_phone_jpeg
-from tests.ops_deployment import Worker, free_port, redis_postgres_env, wait_all_final, wait_http
+from tests.ops_deployment import Worker, free_port, http_get, redis_postgres_env, wait_all_final, wait_http
 from worker import logs
 from worker.intake import enqueue_file
 
@@ -55,7 +55,9 @@ def test_worker_lines_name_their_upload_and_hold_no_location(tmp_path):
     """~15 s: two GPS photos, then a pool process killed mid-task (its message goes back and is done)."""
     with redis_postgres_env(tmp_path) as (env, services):
         # a short lease: the killed run's claim runs out in seconds, not half an hour
-        worker = Worker({**env, "MEDIASAN_LOG_FORMAT": "json", "MEDIASAN_LEASE_S": "3"}, tmp_path / "worker.log",
+        metrics_port = free_port()
+        worker = Worker({**env, "MEDIASAN_LOG_FORMAT": "json", "MEDIASAN_LEASE_S": "3",
+                         "MEDIASAN_METRICS_PORT": str(metrics_port)}, tmp_path / "worker.log",
                         "--concurrency", "1", "--loglevel", "INFO")
         try:
             photos = []
@@ -80,6 +82,7 @@ def test_worker_lines_name_their_upload_and_hold_no_location(tmp_path):
                     lost = upload_id
                     break
             assert lost is not None, "the pool process never died mid-task in 5 tries"
+            exposition = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
         finally:
             worker.stop()
 
@@ -103,6 +106,8 @@ def test_worker_lines_name_their_upload_and_hold_no_location(tmp_path):
     assert all(line.get("upload_id") == lost for line in by_event.get("task_handler_error", []))
     assert any(line["logger"] == "multiprocessing" and "SIGKILL" in line["message"] for line in lines)
     assert_nothing_sensitive(worker.text())
+    # the loss is counted once, as a retry, by the main process
+    assert 'mediasan_task_retries_total{reason="worker_lost"} 1.0' in exposition
 
 
 def test_server_access_lines_are_json_without_the_token(tmp_path):
