@@ -198,7 +198,6 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
         pause_for_test("finished", attempt, work)
     # policy principle 4: the incoming copy is not needed once the original is kept under restriction
     clean_after_finish(services, msg.upload_id)
-    log.info("upload %s %s (%s)", msg.upload_id, state, error.code if error else report.format)
     return Outcome(msg.upload_id, state, error.code if error else None)
 
 
