@@ -163,8 +163,8 @@ def bench_corpus(work: Path) -> dict | None:
     column = header.index("relative_path")
     files = [CORPUS / line.split("\t")[column] for line in lines[1:] if line.strip()]
     files = [f for f in files if f.is_file()]
-    exe = Path(PYTHON).with_name("mediasan")
-    cmd = [str(exe)] if exe.exists() else [PYTHON, "-m", "worker.cli"]
+    # the console script's entry, from this checkout (the venv's `mediasan` may belong to another one)
+    cmd = side_by_side.MEDIASAN
     out = work / "corpus-out"
     t0 = time.perf_counter()
     proc = subprocess.run([*cmd, "sanitize", *map(str, files), "--out", str(out), "--json"], cwd=REPO,

@@ -235,6 +235,7 @@ def scaling(sample: dict[str, Path], folder: Path, work: Path) -> list[dict]:
         if name in sample:
             series += [(name, times) for times in (1, 10, 59)]      # 3 min, 30 min, 177 min
     for name, times in series:
+        print(f"scaling: {name} x{times}", file=sys.stderr)
         src = sample[name] if times == 1 else concatenated(sample[name], times, folder)
         row = {"format": name, "times": times, "bytes": src.stat().st_size}
         for label, argv in (("mediasan", sanitize([src], out)),
@@ -253,6 +254,7 @@ def run(sample: dict[str, Path], folder: Path, work: Path, runs: int, with_scali
     cases = build_cases(sample, folder, work, notes)
     table = []
     for case in cases:
+        print(f"side by side: {case.name}, {runs} interleaved run(s) of {len(case.commands)} command(s)", file=sys.stderr)
         measure(case, runs, work)
         figures = {label: summary(results) for label, results in case.results.items()}
         ours = figures["mediasan"]
