@@ -283,7 +283,7 @@ def print_side_by_side(result: dict, meta: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", "-n", type=int, default=5, help="timed runs per format (default 5)")
-    parser.add_argument("--quick", action="store_true", help="one run per format")
+    parser.add_argument("--quick", action="store_true", help="one run per format, 3 interleaved runs a side-by-side case")
     parser.add_argument("--formats", default=",".join(samples.SAMPLES), help="comma-separated subset")
     parser.add_argument("--samples", type=Path, help="build samples here and reuse them next time (default: a temp folder)")
     parser.add_argument("--no-corpus", action="store_true", help=f"skip the run over {CORPUS}")
