@@ -1,4 +1,4 @@
-"""Benchmark of sanitize_file per format, its peak memory, and `mediasan sanitize` over the corpus.
+"""Benchmark of sanitize_file per format, its peak memory, `mediasan sanitize` over the corpus, and side by side with the tools it replaces.
 
     bench/run [--quick] [--iterations N] [--formats jpeg,png,...] [--samples DIR] [--no-corpus]
 
