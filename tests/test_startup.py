@@ -45,10 +45,11 @@ def imported_by(module: str, args: list[str], cwd: Path, env: dict[str, str]) ->
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> Path:
-    from fixtures.jpeg import android_phone_jpeg
+    from fixtures.jpeg import iphone_like_jpeg
 
-    path = tmp_path_factory.mktemp("photo") / "PXL_1.jpg"
-    android_phone_jpeg(path)
+    # no motion-photo trailer: reading an embedded video's location rightly imports the MP4 walker
+    path = tmp_path_factory.mktemp("photo") / "IMG_1.jpg"
+    iphone_like_jpeg(path)
     return path
 
 

@@ -30,7 +30,7 @@ from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_of, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import once_per_file, reencode, release_read
+from worker.formats.photo import once_per_file, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -475,6 +475,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     except SanitizeError as e:
         if e.code not in ("corrupt", "truncated"):
             raise
+        from worker.formats.photo import reencode   # only a damaged photo pays for the re-encoder
         return reencode.salvage(src, dst, limits, e, truncated_ok=True)
     exif = next((s.payload for s in result.segments if s.marker == APP1 and s.payload.startswith(EXIF_ID)), None)
     orientation = orientation_of(exif[len(EXIF_ID):]) if exif is not None else 1
