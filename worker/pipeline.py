@@ -117,7 +117,7 @@ def clean_after_finish(services: Services, upload_id: str) -> list[str]:
         if job is None or job.state not in records.FINAL_STATES:
             return []
         variants = records.variants_of(session, upload_id)
-        state, error_code, source_key = job.state, job.error_code, job.source_key
+        state, source_key, finished_at = job.state, job.source_key, job.finished_at
     deleted = []
     has_original = any(v.variant == "original" for v in variants)
     if store_audit.incoming_removable(state=state, has_original=has_original) and \
@@ -126,7 +126,8 @@ def clean_after_finish(services: Services, upload_id: str) -> list[str]:
         deleted.append(source_key)
     published = {v.key for v in variants if v.variant == "sanitized"}
     for obj in store_audit.list_objects(services.store, "agency", f"{upload_id}/"):
-        if obj.key not in published:
+        # an object written after this job finished belongs to a later run (a reprocess under way)
+        if obj.key not in published and (finished_at is None or obj.modified <= finished_at):
             services.store.delete(obj.key)
             deleted.append(obj.key)
     if deleted:
