@@ -111,3 +111,33 @@ def test_verify_store_finds_and_fixes_what_crashes_leave(deployment, tmp_path):
     assert store.head(keys_of(services, b)["sanitized"]) is not None
     assert "sanitized" not in keys_of(services, c) and store.head(f"agency/{c}/media.jpg") is None
     assert not dead.exists()
+
+
+def test_judge_explains_objects_by_the_records_of_their_upload():
+    """The pure rules the chaos test reuses: an object and its upload's records in, a finding out."""
+    from datetime import timedelta
+
+    from worker.store_audit import ListedObject, UploadFacts, judge
+
+    now = records.utcnow()
+    window = timedelta(minutes=10)
+    old, young = now - timedelta(hours=1), now - timedelta(seconds=5)
+    done = UploadFacts(state="done", error_code=None, source_key="incoming/u1/upload",
+                       variants={"restricted/u1/original.jpg": "original", "agency/u1/media.jpg": "sanitized"})
+    gave_up = UploadFacts(state="failed", error_code="retries_exhausted", source_key="incoming/u1/upload")
+    waiting = UploadFacts(state="received", error_code=None, source_key="incoming/u1/upload")
+
+    def kind(key, facts, modified=old):
+        finding = judge(ListedObject(key, 1, modified), facts, now=now, window=window)
+        return finding and (finding.kind, finding.fixable)
+
+    assert kind("restricted/u1/original.jpg", done) is None
+    assert kind("agency/u1/media.jpg", done) is None
+    assert kind("agency/u1/media.png", done) == ("unrecorded", True)            # an earlier run's copy
+    assert kind("incoming/u1/upload", done) == ("incoming_of_finished", True)
+    assert kind("incoming/u1/upload", gave_up) is None                          # the only copy: retention's
+    assert kind("incoming/u1/upload", waiting) == ("incoming_stale", False)     # stuck, never deleted
+    assert kind("incoming/u1/upload", waiting, young) is None
+    assert kind("agency/u1/media.png", waiting) is None                         # a worker stores, then records
+    assert kind("restricted/u9/original.jpg", None) == ("unrecorded", True)
+    assert kind("incoming/u9/upload", None, young) is None                      # written just before its job row
