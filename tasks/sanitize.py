@@ -9,7 +9,7 @@ from celery.signals import worker_init, worker_process_shutdown
 from pydantic import ValidationError
 from sqlalchemy import delete
 
-from worker import pipeline, records, workdir
+from worker import observe, pipeline, records, workdir
 from worker.app import app
 from worker.messages import UploadMessage
 from worker.services import get_services
@@ -34,6 +34,7 @@ def sanitize_upload(self, **message) -> str:
         # Someone else holds the job: come back when its lease runs out. A new message carrying the
         # infrastructure-retry count unchanged, so waiting on a lease never counts toward max_retries.
         self.apply_async(kwargs=message, countdown=e.seconds, retries=self.request.retries)
+        observe.rescheduled(msg.upload_id, "lease_held", e.seconds)
         return "held"
     except Exception as e:
         if self.request.retries >= self.max_retries:
@@ -59,6 +60,7 @@ def _give_up(msg: UploadMessage, services, error: Exception) -> None:
             session.rollback()
             return
         session.commit()
+    observe.upload_finished(msg.upload_id, "failed", error_code="retries_exhausted")
     try:
         pipeline.clean_after_finish(services, msg.upload_id)
     except Exception as e:  # noqa: BLE001 - the store is what kept failing; the sweeper finishes this later

@@ -10,7 +10,7 @@ import logging
 
 from celery.signals import worker_init
 
-from worker import sweeper
+from worker import observe, sweeper
 from worker.app import app
 from worker.services import get_services
 from worker.settings import get_settings
@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 @app.task(name="tasks.sweep", acks_late=True, ignore_result=True, queue=get_settings().resolved_sweep_queue())
 def sweep() -> int:
-    return len(sweeper.sweep(get_services()).republished)
+    republished = sweeper.sweep(get_services()).republished
+    observe.republished(len(republished))
+    return len(republished)
 
 
 @worker_init.connect

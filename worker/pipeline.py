@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sqlalchemy import delete
 
-from worker import __version__, formats, records, store_audit, workdir
+from worker import __version__, formats, observe, records, store_audit, workdir
 from worker.errors import SanitizeError
 from worker.messages import UploadMessage
 from worker.sanitizer import Report, sanitize_file
@@ -198,6 +198,7 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
                 log.warning("upload %s: lost the claim before finishing; leaving it to the new holder", msg.upload_id)
                 return Outcome(msg.upload_id, "processing")
             session.commit()
+            observe.upload_finished(msg.upload_id, state, report)
         pause_for_test("finished", attempt, work)
     # policy principle 4: the incoming copy is not needed once the original is kept under restriction
     clean_after_finish(services, msg.upload_id)
