@@ -142,6 +142,8 @@ def test_embedded_default_a_child_killed_after_storing_still_ends_done(tmp_path)
         assert info["state"] == "done"
         wait_until(lambda: not [f for f in workdir.folders(services.settings.resolved_work_dir()) if f.pid == pid],
                    30, "the killed child's work folder removed")
+        # the worker deletes the incoming object just after committing `done`
+        wait_until(lambda: services.store.head(incoming_key(upload_id)) is None, 30, "the incoming object removed")
         assert_nothing_left(services, upload_id, original, tmp_path, dead_pid=pid)
 
 
@@ -171,7 +173,8 @@ def test_lease_waits_do_not_count_as_retries_and_giving_up_unpublishes_the_old_c
         # wait counted as a retry, the first failure would have given up: 4.
         assert info["attempts"] == 5, worker.log()
         assert info["variants"] == [v for v in info["variants"] if v["variant"] == "original"]
-        assert services.store.head(keys["sanitized"]) is None
+        # the row went with the final state; the object goes just after the commit
+        wait_until(lambda: services.store.head(keys["sanitized"]) is None, 30, "the old agency copy removed")
         assert [f.kind for f in store_audit.audit(services)] == []
 
 
