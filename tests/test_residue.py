@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from fixtures.jpeg import android_phone_jpeg
 from tests.workerproc import WorkerProcess, running_deployment, wait_final
