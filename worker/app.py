@@ -46,6 +46,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
         task_default_queue=settings.queue,
+        # the sweeper and retention have their own queue (every worker of the work queue takes it too):
+        # a backlog of uploads never delays them, whoever sends them (beat, send_task by name)
+        task_routes={"tasks.sweep": {"queue": settings.resolved_sweep_queue()},
+                     "tasks.purge": {"queue": settings.resolved_sweep_queue()}},
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         # a lost broker is reconnected to, with growing pauses (2 s, 4 s, … 30 s), this many times;
