@@ -6,7 +6,10 @@ The job row is the record of an upload; the sweeper republishes what a lost mess
 """
 from __future__ import annotations
 
+import logging
+
 from celery import Celery, signals
+from celery.worker.consumer import Consumer
 
 from worker.settings import Settings, get_settings
 
@@ -20,6 +23,35 @@ def filesystem_transport_options(settings: Settings) -> dict:
     # control_folder defaults to ./control, relative to wherever the process happens to run
     return {"data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control),
             "processed_folder": str(processed), "store_processed": True}
+
+
+class BrokerLossConsumer(Consumer):
+    """Celery's consumer, surviving the broker loss that stopped workers with
+    `Unrecoverable error: AttributeError("'NoneType' object has no attribute 'hostname'")`.
+
+    After a connection loss Celery 5.7 runs `connection.collect()`, then `connection.close()`
+    (consumer.py, on_connection_error_after_connected). collect() detaches the transport
+    (`transport.client = None`). If a channel still holding unacknowledged messages (late acks: tasks
+    were running) is first closed only after that, kombu 5.7's Redis channel drops its pool and then
+    restores those messages through a pool it rebuilds from `transport.client.hostname`. The
+    AttributeError is not among the errors Celery ignores there, so the whole worker stopped (seen about
+    once in 24 losses of a worker with tasks in flight, traceback ending in redis.py `_connparams`).
+
+    By then the consumer no longer needs that connection, so here the error is logged, the connection
+    let go, and the rest of Celery's handling runs again without it; Consumer.start then reconnects.
+    The messages it could not restore stay in Redis's unacked set and return after the visibility
+    timeout; their jobs finish anyway or the sweeper republishes them (the job row is the record).
+    """
+
+    def on_connection_error_after_connected(self, exc):
+        try:
+            super().on_connection_error_after_connected(exc)
+        except AttributeError as error:
+            logging.getLogger(__name__).warning(
+                "broker connection lost; closing the old connection failed (%r): its unacknowledged messages "
+                "return after the visibility timeout; reconnecting", error)
+            self.connection = None   # already let go of by Celery; the rest of its handling needs none
+            super().on_connection_error_after_connected(exc)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -55,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         # a task running when the broker goes keeps running: its effects are idempotent and its job
         # row, not the message, records the upload; a redelivered message finds the job done
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_consumer="worker.app:BrokerLossConsumer",
         worker_hijack_root_logger=False,
         beat_schedule={"sweep": {"task": "tasks.sweep", "schedule": float(settings.sweep_interval_s)},
                        # retention (policy principle 4); every purge is conditional, so two beats are harmless
@@ -70,8 +103,6 @@ app = create_app()
 @signals.worker_process_init.connect
 def _own_connections(**_) -> None:
     """A prefork child opens its own database, store and broker connections: nothing inherited."""
-    import logging
-
     from worker.services import get_services, reset_after_fork
 
     reset_after_fork()
