@@ -81,3 +81,37 @@ def test_every_corpus_file_gets_a_report_and_every_fix_is_found(tmp_path):
             assert report["location"]["lon"] == pytest.approx(fix[1], abs=1e-6), row["relative_path"]
         else:
             assert report["location"] is None, (row["relative_path"], report["location"])
+
+
+def test_parallel_batches_keep_input_order_and_make_the_same_copies(tmp_path):
+    """--jobs N sanitizes across processes; the reports keep input order and the copies are the ones
+    a one-at-a-time run makes, byte for byte (a slow video first must not reorder the photos)."""
+    from fixtures import audio, jpeg, lossless, video
+
+    inputs = [tmp_path / "VID.mp4", tmp_path / "a.jpg", tmp_path / "b.png", tmp_path / "c.mp3",
+              tmp_path / "sub" / "a.jpg", tmp_path / "bad.jpg"]
+    video.android_like_mp4(inputs[0])
+    jpeg.android_phone_jpeg(inputs[1])
+    lossless.png_with_text_and_exif(inputs[2])
+    audio.mp3_with_all_tags(inputs[3])
+    inputs[4].parent.mkdir()
+    jpeg.iphone_like_jpeg(inputs[4])
+    inputs[5].write_text("<html>")
+
+    def run(jobs: int, out: Path) -> tuple[int, list[dict]]:
+        proc = subprocess.run([sys.executable, "-m", "worker.cli", "sanitize", "--json", "--jobs", str(jobs),
+                               "--out", str(out), *map(str, inputs)], capture_output=True, text=True, timeout=600)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    serial_status, serial = run(1, tmp_path / "serial")
+    parallel_status, parallel = run(3, tmp_path / "parallel")
+    assert serial_status == parallel_status == 1, "bad.jpg is rejected, so both runs exit non-zero"
+    assert [r["input"] for r in parallel] == [str(p) for p in inputs]
+    assert [r["status"] for r in parallel] == ["sanitized"] * 5 + ["rejected"]
+    names = [Path(r["output"]).name for r in parallel[:5]]
+    assert len(set(names)) == 5, f"two inputs named a.jpg get two copies: {names}"
+    for one, other in zip(serial[:5], parallel[:5]):
+        assert Path(one["output"]).name == Path(other["output"]).name
+        assert Path(one["output"]).read_bytes() == Path(other["output"]).read_bytes(), one["input"]
+        assert one["location"] == other["location"]

@@ -11,6 +11,7 @@ import logging
 from celery import Celery, signals
 from celery.worker.consumer import Consumer
 
+from worker import observe  # noqa: F401  (metrics and log lines on Celery's signals)
 from worker.settings import Settings, get_settings
 
 

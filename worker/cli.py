@@ -10,8 +10,10 @@ import typer
 
 from worker.cli_access import register as register_access
 from worker.cli_batch import register as register_batch
+from worker.logs import configure_for_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The 311 media sanitizer.")
+app.callback()(configure_for_cli)   # MEDIASAN_LOG_FORMAT for every command
 
 
 def _settings():
@@ -21,38 +23,37 @@ def _settings():
 
 @app.command()
 def sanitize(
+    ctx: typer.Context,
     paths: List[Path] = typer.Argument(..., exists=False, help="Files to sanitize."),
     out: Path = typer.Option(..., "--out", help="Folder for the agency copies."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON report a line per input."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON report a line per input, in input order."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
+                                       help="Files sanitized at once (default: the CPUs this process may use)."),
 ) -> None:
     """Write the agency copy of each input into OUT, in-process: no queue, no database."""
-    from rich.console import Console
+    from worker import workdir
+    from worker.batch import default_jobs, sanitize_many
 
-    from worker.sanitizer import sanitize_file
-
-    limits = _settings().limits()
+    # any temp file of this run lands in a work folder of its own, gone when the command ends
+    ctx.with_resource(workdir.process_scope(_settings().resolved_work_dir()))
     out.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True)
+    console = None
     all_ok = True
-    used_stems: set[str] = set()
-    for path in paths:
-        stem = _unique_stem(path, used_stems)
-        if not path.is_file():
-            from worker.errors import SanitizeError
-            from worker.sanitizer import Report
-            report = Report(input=str(path), status="rejected",
-                            error=SanitizeError("unsupported_format", "not a readable file"))
-        else:
-            report = sanitize_file(path, out / stem, limits)
-        all_ok &= report.status == "sanitized"
+    for report in sanitize_many(paths, out, _settings().limits(), jobs or default_jobs()):
+        all_ok &= report["status"] == "sanitized"
         if as_json:
-            sys.stdout.write(json.dumps(report.as_json()) + "\n")
+            sys.stdout.write(json.dumps(report) + "\n")
             sys.stdout.flush()
-        elif report.status == "sanitized":
-            where = f" location moved ({report.found.fix.source})" if report.found.fix else ""
-            console.print(f"[green]sanitized[/] {path} -> {report.output}{where}")
+            continue
+        if console is None:
+            from rich.console import Console
+            console = Console(stderr=True)
+        if report["status"] == "sanitized":
+            where = f" location moved ({report['location']['source']})" if report["location"] else ""
+            console.print(f"[green]sanitized[/] {report['input']} -> {report['output']}{where}")
         else:
-            console.print(f"[red]{report.status}[/] {path}: {report.error.code}: {report.error.message}")
+            console.print(f"[red]{report['status']}[/] {report['input']}: "
+                          f"{report['error']['code']}: {report['error']['message']}")
     raise typer.Exit(0 if all_ok else 1)
 
 
@@ -173,17 +174,6 @@ def demo(
     from worker.demo import run_demo
 
     raise typer.Exit(run_demo(settings=_settings(), timeout_s=timeout))
-
-
-def _unique_stem(path: Path, used: set[str]) -> str:
-    """The copy is named after the input's stem; clashes get a counter, inputs are never overwritten."""
-    stem, n = path.stem or "media", 1
-    candidate = stem
-    while candidate in used:
-        n += 1
-        candidate = f"{stem}-{n}"
-    used.add(candidate)
-    return candidate
 
 
 register_access(app)
