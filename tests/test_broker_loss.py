@@ -139,6 +139,35 @@ def test_a_worker_reconnects_after_its_broker_is_killed_and_restarted(tmp_path):
         assert "Unrecoverable error" not in log, log[-4000:]
 
 
+def test_a_channel_of_a_lost_connection_fails_with_a_connection_error_not_an_attribute_error(tmp_path):
+    """The state Celery 5.7 leaves after a broker loss with a task running: the connection collected
+    (its transport detached), a channel still holding the task's unacknowledged message. Closing the
+    channel restores that message, the finished task acknowledges it: both must fail as a lost broker
+    does (a connection error, which Celery and kombu handle), never with AttributeError, which stopped
+    the whole worker ("Unrecoverable error ... 'NoneType' object has no attribute 'hostname'")."""
+    from kombu import Connection, Exchange, Queue
+
+    from worker.app import guard_detached_redis_channels
+
+    guard_detached_redis_channels()
+    redis = OwnRedis(free_port(), tmp_path / "redis.log").start()
+    try:
+        connection = Connection(redis.url)
+        connection_errors = connection.connection_errors
+        queue = Queue("in-flight", Exchange("in-flight"), "in-flight")
+        with connection.Producer() as producer:
+            producer.publish({"upload_id": "x"}, exchange=queue.exchange, routing_key="in-flight", declare=[queue])
+        message = queue(connection.default_channel).get(no_ack=False)
+        assert message is not None
+    finally:
+        redis.kill()
+    connection._do_close_transport()   # what Connection.collect() leaves once the broker is gone
+
+    connection.close()   # closes the channel: restoring the unacked message fails quietly, as a connection error
+    with pytest.raises(connection_errors):
+        message.ack()    # the task finished: Celery logs "Couldn't ack" for a connection error and goes on
+
+
 def test_a_worker_whose_broker_stays_gone_exits_non_zero(tmp_path):
     with deployment_on_own_redis(tmp_path, extra_env={"MEDIASAN_BROKER_CONNECTION_MAX_RETRIES": "2"}) as (
             redis, services, worker):

@@ -6,10 +6,10 @@ The job row is the record of an upload; the sweeper republishes what a lost mess
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 from celery import Celery, signals
-from celery.worker.consumer import Consumer
 
 from worker import observe  # noqa: F401  (metrics and log lines on Celery's signals)
 from worker.settings import Settings, get_settings
@@ -26,38 +26,43 @@ def filesystem_transport_options(settings: Settings) -> dict:
             "processed_folder": str(processed), "store_processed": True}
 
 
-class BrokerLossConsumer(Consumer):
-    """Celery's consumer, surviving the broker loss that stopped workers with
-    `Unrecoverable error: AttributeError("'NoneType' object has no attribute 'hostname'")`.
+def guard_detached_redis_channels() -> None:
+    """Make a kombu Redis channel whose connection is gone fail with a connection error, as a lost
+    broker should, instead of `AttributeError("'NoneType' object has no attribute 'hostname'")`,
+    which stopped whole workers ("Unrecoverable error") after a broker loss. Idempotent.
 
-    After a connection loss Celery 5.7 runs `connection.collect()`, then `connection.close()`
-    (consumer.py, on_connection_error_after_connected). collect() detaches the transport
-    (`transport.client = None`). If a channel still holding unacknowledged messages (late acks: tasks
-    were running) is first closed only after that, kombu 5.7's Redis channel drops its pool and then
-    restores those messages through a pool it rebuilds from `transport.client.hostname`. The
-    AttributeError is not among the errors Celery ignores there, so the whole worker stopped (seen about
-    once in 24 losses of a worker with tasks in flight, traceback ending in redis.py `_connparams`).
-
-    By then the consumer no longer needs that connection, so here the error is logged, the connection
-    let go, and the rest of Celery's handling runs again without it; Consumer.start then reconnects.
-    The messages it could not restore stay in Redis's unacked set and return after the visibility
-    timeout; their jobs finish anyway or the sweeper republishes them (the job row is the record).
+    Why: after a connection loss Celery 5.7 collects and closes the connection, which detaches its
+    transport (`transport.client = None`), while channels of that connection still have work to do:
+    restoring the unacknowledged messages of tasks that were running (late acks) when the channel is
+    finally closed, and acknowledging a message when such a task finishes. Each rebuilds the channel's
+    Redis pool from `transport.client.hostname` (kombu 5.7, redis.py `_connparams`). An AttributeError
+    is not among the errors Celery and kombu expect there; a connection error is, and is handled: the
+    ack is logged as failed ("Couldn't ack") and the message comes back after the visibility timeout,
+    the restore is skipped the same way, and the consumer goes on reconnecting. The job row, not the
+    message, records the upload, so a message acknowledged late or twice changes nothing.
     """
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
-    def on_connection_error_after_connected(self, exc):
-        try:
-            super().on_connection_error_after_connected(exc)
-        except AttributeError as error:
-            logging.getLogger(__name__).warning(
-                "broker connection lost; closing the old connection failed (%r): its unacknowledged messages "
-                "return after the visibility timeout; reconnecting", error)
-            self.connection = None   # already let go of by Celery; the rest of its handling needs none
-            super().on_connection_error_after_connected(exc)
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "guards_detached_transport", False):
+        return
+
+    @functools.wraps(original)
+    def _connparams(self, asynchronous=False):
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("this channel's broker connection is closed (lost broker)")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.guards_detached_transport = True
+    kombu_redis.Channel._connparams = _connparams
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     broker = settings.resolved_broker_url()
+    if broker.startswith(("redis", "rediss")):
+        guard_detached_redis_channels()
     app = Celery("mediasan", broker=broker, include=["tasks.sanitize", "tasks.sweep", "tasks.purge"])
     transport_options: dict = {}
     if broker.startswith("filesystem"):
@@ -88,7 +93,6 @@ def create_app(settings: Settings | None = None) -> Celery:
         # a task running when the broker goes keeps running: its effects are idempotent and its job
         # row, not the message, records the upload; a redelivered message finds the job done
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_consumer="worker.app:BrokerLossConsumer",
         worker_hijack_root_logger=False,
         beat_schedule={"sweep": {"task": "tasks.sweep", "schedule": float(settings.sweep_interval_s)},
                        # retention (policy principle 4); every purge is conditional, so two beats are harmless
