@@ -82,10 +82,6 @@ class Plan:
     grace_s: float = 12.0               # after every job is final: time for the sweeper to tidy up
     seed: int = 8
 
-    @property
-    def faults(self) -> int:
-        return self.child_kills + self.worker_kills + self.broker_losses + self.stalls
-
 
 # --- the run -----------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The chaos test: real workers on Redis + PostgreSQL + S3 killed, cut off from their broker and stalled
 while 40 uploads go through, then every invariant read back from the database and the store.
 
-One run (about 90 s on this 2-core machine) serves every test of the module; each test asserts one
-invariant and, when it breaks, prints what broke, the run's figures and its timeline of faults.
-See tests/chaos.py for what runs and how each invariant is read back.
+One run (60-120 s on this 2-core machine, depending on what else runs) serves every test of the
+module; each test asserts one invariant and, when it breaks, prints what broke, the run's figures and
+its timeline of faults. See tests/chaos.py for what runs and tests/chaos_check.py for how each
+invariant is read back. MEDIASAN_CHAOS_SEED=N picks other fault times and victims.
 """
 from __future__ import annotations
 
