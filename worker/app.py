@@ -7,6 +7,7 @@ The job row is the record of an upload; the sweeper republishes what a lost mess
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from worker.settings import Settings, get_settings
 
@@ -54,6 +55,14 @@ def create_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
     )
     return app
+
+
+@worker_process_init.connect
+def _bound_child_memory(**_) -> None:
+    """Each pool child sanitizes under the process memory budget (worker/budget.py)."""
+    from worker.budget import limit_process_memory
+
+    limit_process_memory(get_settings().process_memory_bytes)
 
 
 app = create_app()

@@ -29,7 +29,9 @@ def sanitize(
 ) -> None:
     """Write the agency copy of each input into OUT, in-process: no queue, no database."""
     from worker.batch import default_jobs, sanitize_many
+    from worker.budget import limit_process_memory
 
+    limit_process_memory(_settings().process_memory_bytes)   # before the pool forks: each child inherits it
     out.mkdir(parents=True, exist_ok=True)
     console = None
     all_ok = True

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker import formats
+from worker.budget import FileTimeout, memory_exhausted, start_deadline
 from worker.errors import SanitizeError
 from worker.formats.base import Limits, Rebuilt
 from worker.location import Found
@@ -64,6 +65,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
     """
     report = Report(input=str(src))
     dst: Path | None = None
+    deadline = start_deadline(limits.file_timeout_s)
     try:
         check_size(src, limits)
         fmt = formats.identify(src)
@@ -78,12 +80,17 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         # identify() sees only the head; the copy's format was decided from the whole file
         report.kind = formats.by_name(rebuilt.format).kind
         report.output, report.removed = str(dst), rebuilt.removed
+    except FileTimeout:
+        report.status, report.error = "rejected", deadline.error()
     except SanitizeError as e:
         report.status, report.error = e.status, e
+    except MemoryError:
+        report.status, report.error = "rejected", memory_exhausted()
     except Exception as e:  # noqa: BLE001 - a bug must not kill the batch or publish anything
         log.exception("internal error sanitizing %s", src)
         report.status, report.error = "failed", SanitizeError("internal", f"{type(e).__name__}: {e}")
     finally:
+        deadline.cancel()
         partial = dst_stem.with_name(dst_stem.name + ".partial")
         if partial.exists():
             partial.unlink()

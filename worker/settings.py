@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     max_streams: int = 16
     tool_timeout_s: float = 300.0
     tool_memory_bytes: int = 2 * 1024**3
+    # budgets of the sanitizing process itself (worker/budget.py): wall time for one file, and the
+    # memory bound (RLIMIT_DATA) of `mediasan sanitize` and of each worker pool child; 0 turns one off
+    file_timeout_s: float = 120.0
+    process_memory_bytes: int = 1024**3
 
     # retention (policy principle 4): originals and locations carry retain_until; a purge deletes them
     retain_original_days: int = 365
@@ -62,7 +66,8 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_frames=self.max_frames,
                       max_duration_s=self.max_duration_s, max_streams=self.max_streams,
-                      timeout_s=self.tool_timeout_s, memory_bytes=self.tool_memory_bytes)
+                      timeout_s=self.tool_timeout_s, memory_bytes=self.tool_memory_bytes,
+                      file_timeout_s=self.file_timeout_s)
 
 
 @lru_cache(maxsize=1)

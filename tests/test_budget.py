@@ -1,0 +1,87 @@
+"""The sanitizing process's own budgets (worker/budget.py), on real files through `mediasan sanitize`.
+
+Each case runs the same input twice: with the default budgets it is sanitized (so the file is
+fine), with a small budget it is refused with the budget's code and a message naming the setting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def sanitize(path: Path, out: Path, **env: str) -> tuple[dict, float, str]:
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "sanitize", "-j1", "--json", "--out", str(out), str(path)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    [report] = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return report, time.monotonic() - started, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def slow_video(tmp_path_factory) -> Path:
+    """Ten seconds of 640x480 H.264: probing, remuxing and sample-decoding it takes well over a second."""
+    path = tmp_path_factory.mktemp("slow") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=640x480:rate=30:duration=10",
+                    "-f", "lavfi", "-i", "sine=duration=10", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+                    "-shortest", str(path)], check=True, timeout=120)
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_scan(tmp_path_factory) -> Path:
+    """108 megapixels (under max_pixels), 640 KB on disk: the TIFF re-encode needs ~330 MB of pixels."""
+    path = tmp_path_factory.mktemp("big") / "scan.tiff"
+    Image.new("RGB", (12_000, 9_000), (10, 200, 30)).save(path, compression="tiff_deflate")
+    return path
+
+
+def test_a_file_past_its_wall_time_budget_is_refused_as_timeout_and_leaves_nothing(slow_video, tmp_path):
+    report, _, _ = sanitize(slow_video, tmp_path / "default")
+    assert report["status"] == "sanitized", report
+
+    report, elapsed, stderr = sanitize(slow_video, tmp_path / "tight", MEDIASAN_FILE_TIMEOUT_S="0.3")
+    assert (report["status"], report["error"]["code"]) == ("rejected", "timeout"), report
+    assert "MEDIASAN_FILE_TIMEOUT_S" in report["error"]["message"]
+    assert report["output"] is None and list((tmp_path / "tight").iterdir()) == [], "no copy, no .partial"
+    assert "Traceback" not in stderr
+    # the timer interrupts the wait on ffmpeg (which subprocess.run then kills), not the file's end
+    assert elapsed < 1.5 + _startup_seconds(), elapsed
+
+
+def test_a_decode_past_the_process_memory_budget_is_refused_as_too_large(big_scan, tmp_path):
+    budget = str(256 * 1024**2)
+
+    report, _, stderr = sanitize(big_scan, tmp_path / "small", MEDIASAN_PROCESS_MEMORY_BYTES=budget)
+    assert (report["status"], report["error"]["code"]) == ("rejected", "too_large"), report
+    assert "256 MiB" in report["error"]["message"] and "MEDIASAN_PROCESS_MEMORY_BYTES" in report["error"]["message"]
+    assert "Traceback" not in stderr
+
+    small = tmp_path / "small.tiff"
+    Image.new("RGB", (1_200, 900), (10, 200, 30)).save(small, compression="tiff_deflate")
+    report, _, _ = sanitize(small, tmp_path / "fits", MEDIASAN_PROCESS_MEMORY_BYTES=budget)
+    assert report["status"] == "sanitized", "the same decode, smaller, fits the same budget"
+
+
+def test_the_memory_budget_reaches_the_batch_pool_and_spares_ffmpeg(big_scan, slow_video, tmp_path):
+    """-j2 forks pool processes after the CLI set its limit: the big decode is refused in a pool child,
+    while the video beside it is remuxed and sample-decoded by ffmpeg children under the same budget."""
+    run = subprocess.run([sys.executable, "-m", "worker.cli", "sanitize", "-j2", "--json", "--out", str(tmp_path / "out"),
+                          str(big_scan), str(slow_video)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MEDIASAN_PROCESS_MEMORY_BYTES": str(256 * 1024**2)})
+    reports = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    assert [(r["status"], (r["error"] or {}).get("code")) for r in reports] == [
+        ("rejected", "too_large"), ("sanitized", None)], reports
+
+
+def _startup_seconds() -> float:
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import worker.cli, worker.sanitizer, worker.formats; "
+                    "worker.formats._register_all()"], check=True, timeout=60)
+    return time.monotonic() - started
