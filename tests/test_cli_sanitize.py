@@ -12,7 +12,7 @@ from tests.conftest import CORPUS, corpus_rows, expected_fix
 from tests.readback import exiftool, sensitive_tags
 from worker.errors import FAILING_CODES, REJECTING_CODES
 
-CONTRACT_KEYS = {"input", "status", "kind", "format", "output", "location", "captured_at", "removed", "error"}
+CONTRACT_KEYS = {"input", "status", "kind", "format", "output", "location", "captured_at", "removed", "error", "seconds"}
 
 
 def run_sanitize(paths: list[Path], out: Path) -> tuple[int, list[dict], str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Report:
     found: Found = field(default_factory=Found)
     removed: tuple[str, ...] = ()
     error: SanitizeError | None = None
+    seconds: float | None = None      # wall time spent on this input, in this process
 
     def as_json(self) -> dict:
         fix = self.found.fix
@@ -46,6 +48,7 @@ class Report:
             "captured_at": self.found.captured_at,
             "removed": list(self.removed),
             "error": self.error.as_dict() if self.error else None,
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
         }
 
 
@@ -65,7 +68,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
     """
     report = Report(input=str(src))
     dst: Path | None = None
-    deadline = start_deadline(limits.file_timeout_s)
+    started, deadline = time.monotonic(), start_deadline(limits.file_timeout_s)
     try:
         check_size(src, limits)
         fmt = formats.identify(src)
@@ -94,4 +97,5 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         partial = dst_stem.with_name(dst_stem.name + ".partial")
         if partial.exists():
             partial.unlink()
+        report.seconds = time.monotonic() - started
     return report
