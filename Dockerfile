@@ -8,3 +8,5 @@ COPY tasks tasks
 COPY fixtures fixtures
 RUN pip install --no-cache-dir .
 USER nobody
+# `docker run mediasan` alone checks its surroundings; compose's `bootstrap` adds --migrate --create-buckets
+CMD ["mediasan", "doctor"]

@@ -1,29 +1,34 @@
-"""tasks.sweep: republish jobs whose worker died or whose message was lost. An upload is never lost."""
+"""tasks.sweep: republish jobs whose message is lost, remove what killed workers left. See worker.sweeper.
+
+It runs off the work queue, on its own queue (``MEDIASAN_SWEEP_QUEUE``, default ``{queue}.sweep``),
+which every worker of the work queue also consumes: a backlog of uploads does not hold it up.
+``mediasan sweep --every S`` runs the same in a process of its own, with no broker in between.
+"""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
-from worker import records
+from celery.signals import worker_init
+
+from worker import observe, sweeper
 from worker.app import app
-from worker.intake import message_for, send_upload
 from worker.services import get_services
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="tasks.sweep", acks_late=True, ignore_result=True)
+@app.task(name="tasks.sweep", acks_late=True, ignore_result=True, queue=get_settings().resolved_sweep_queue())
 def sweep() -> int:
-    services = get_services()
-    cutoff = records.utcnow() - timedelta(seconds=services.settings.stale_received_s)
-    with services.sessions() as session:
-        jobs = records.stale_jobs(session, received_before=cutoff)
-        for job in jobs:
-            job.updated_at = records.utcnow()   # one republish per stale period, not one per sweep
-        session.commit()
-        messages = [message_for(job) for job in jobs]
-    for msg in messages:
-        send_upload(services, msg)
-    if messages:
-        log.info("sweep republished %d jobs", len(messages))
-    return len(messages)
+    republished = sweeper.sweep(get_services()).republished
+    observe.republished(len(republished))
+    return len(republished)
+
+
+@worker_init.connect
+def _consume_the_sweep_queue(sender=None, **_) -> None:
+    """A worker of the work queue also takes the sweeper's queue (no change to how workers are started)."""
+    settings = get_settings()
+    queues = sender.app.amqp.queues
+    if settings.queue in queues.consume_from:
+        queues.select_add(settings.resolved_sweep_queue())

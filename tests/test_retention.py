@@ -67,7 +67,8 @@ def make_upload(services, tmp_path, upload_id: str, *, original_until, location_
                                    sanitizer_version="test", retain_until=until)
         if location_until is not None:
             records.upsert_location(session, upload_id=upload_id, complaint_id=complaint_id,
-                                    values={"lat": 40.7, "lon": -74.0, "source": "exif"}, retain_until=location_until)
+                                    values={"lat": 40.712776, "lon": -74.005974, "source": "exif"},
+                                    retain_until=location_until)
         session.commit()
     return {"original": original.key, "agency": agency.key}
 
@@ -136,7 +137,8 @@ def test_purge_deletes_exactly_the_expired_originals_and_locations(estate):
         assert a.complaint_id == "311-5000"
         if a.detail.startswith("original"):
             assert keys[a.upload_id]["original"] in a.detail
-        assert "40.7" not in a.detail and "-74" not in a.detail                # the audit never holds the location
+        # the audit never holds the location (a short "40.7" would match a timestamp's seconds)
+        assert "40.712776" not in a.detail and "74.005974" not in a.detail
 
 
 def test_dry_run_lists_the_same_and_changes_nothing(estate):
@@ -173,6 +175,30 @@ def test_purge_finishes_what_a_crash_left_half_done(services, tmp_path):
     with services.sessions() as session:
         assert [v.variant for v in records.variants_of(session, "half")] == ["sanitized"]
     assert [(a.upload_id, a.action) for a in audit_rows(services)] == [("half", "purge")]
+
+
+def test_the_incoming_object_of_a_job_that_failed_without_an_original_goes_after_its_window(services, tmp_path):
+    """Infrastructure failed every attempt before the original was stored: the incoming object is the only
+    copy. It stays for the original's window (from arrival), then retention deletes it, audited once."""
+    src = tmp_path / "upload.jpg"
+    android_phone_jpeg(src)
+    arrived = records.utcnow() - timedelta(days=400)
+    for upload_id, state in (("gaveup", "failed"), ("waiting", "received")):
+        services.store.put_file(f"incoming/{upload_id}/upload", src, content_type="application/octet-stream",
+                                tags={"variant": "incoming", "access": "restricted", "complaint": "311-5000"})
+        with services.sessions() as session:
+            records.insert_job(session, upload_id=upload_id, complaint_id="311-5000", channel="mobile_app",
+                               agency=None, source_key=f"incoming/{upload_id}/upload", filename=None,
+                               content_type=None, received_at=arrived)
+            session.get(records.Job, upload_id).state = state
+            session.commit()
+    assert purge(services=services, now=arrived + timedelta(days=300)) == []      # inside the year
+    purged = purge(services=services)
+    assert [(p.upload_id, p.what, p.key) for p in purged] == [("gaveup", "incoming", "incoming/gaveup/upload")]
+    assert services.store.head("incoming/gaveup/upload") is None
+    assert services.store.head("incoming/waiting/upload") is not None             # a job still waiting: never
+    assert [(a.upload_id, a.action) for a in audit_rows(services)] == [("gaveup", "purge")]
+    assert purge(services=services) == []
 
 
 def test_now_decides_what_is_expired(services, tmp_path):
@@ -215,7 +241,7 @@ def test_purge_command_dry_run_then_for_real(tmp_path):
         assert len(audits) == 2 and all(a.actor.startswith("cli:") for a in audits)
 
         again = run_cli(env, "purge")
-        assert again.returncode == 0 and "purged 0 originals and 0 locations" in again.stderr
+        assert again.returncode == 0 and "purged 0 originals, 0 locations and 0 incoming objects" in again.stderr
     finally:
         services.engine.dispose()
 

@@ -40,8 +40,11 @@ def require(url: str, default_port: int, what: str) -> None:
     pytest.skip(message)
 
 
-def fresh_postgres_schema(url: str) -> str:
-    """A database URL whose search_path is a new, empty schema: each test run gets its own tables."""
+def fresh_postgres_schema(url: str, *, migrate: bool = True) -> str:
+    """A database URL whose search_path is a new schema: each test run gets its own tables.
+
+    Migrated to head as an operator's `mediasan doctor --migrate` would (nothing on PostgreSQL
+    migrates by itself); ``migrate=False`` leaves it empty."""
     import sqlalchemy as sa
 
     schema = f"mediasan_test_{uuid.uuid4().hex[:10]}"
@@ -50,7 +53,12 @@ def fresh_postgres_schema(url: str) -> str:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     engine.dispose()
     separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options=-csearch_path%3D{schema}"
+    schema_url = f"{url}{separator}options=-csearch_path%3D{schema}"
+    if migrate:
+        engine = records.make_engine(schema_url)
+        records.migrate(engine)
+        engine.dispose()
+    return schema_url
 
 
 def drop_postgres_schema(url: str) -> None:
@@ -65,25 +73,36 @@ def drop_postgres_schema(url: str) -> None:
 
 
 def flush_redis(url: str) -> None:
+    """Empty this test session's queue (left over from an earlier test). Only its own keys: other
+    sessions on this machine share the database, and a FLUSHDB would drop their messages in flight."""
     import redis
 
-    redis.Redis.from_url(url).flushdb()
+    queue = os.environ.get("MEDIASAN_QUEUE", "mediasan")
+    client = redis.Redis.from_url(url)
+    # kombu's Redis transport keeps a queue's messages in a list named after it, and one list a priority
+    keys = [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]
+    client.delete(*keys)
+    client.close()
 
 
 class WorkerProcess:
     """`python -m worker.cli worker` in a subprocess with the given MEDIASAN_* environment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, beat: bool = False):
+    def __init__(self, env: dict[str, str], log_path: Path, *, beat: bool = False, concurrency: int = 1,
+                 extra_args: tuple[str, ...] = ()):
         self.env = dict(os.environ, **env)
         self.log_path = log_path
         self.beat = beat
+        self.concurrency = concurrency
+        self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--concurrency", "1",
-                                      "--beat" if self.beat else "--no-beat", "--loglevel", "INFO"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "--concurrency",
+                                          str(self.concurrency), "--beat" if self.beat else "--no-beat",
+                                          "--loglevel", "INFO", *self.extra_args],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def stop(self) -> None:
@@ -113,7 +132,7 @@ def wait_final(services, upload_id: str, worker: WorkerProcess, timeout_s: float
 
 @contextlib.contextmanager
 def running_deployment(kind: str, folder: Path, *, s3_endpoint: str | None = None, beat: bool = False,
-                       extra_env: dict[str, str] | None = None):
+                       extra_env: dict[str, str] | None = None, concurrency: int = 1):
     """One deployment's environment, a running worker on it, and the test's own Services.
 
     kind: "embedded", "redis+postgresql" or "redis+postgresql+s3" (the store on the S3 server at
@@ -138,9 +157,11 @@ def running_deployment(kind: str, folder: Path, *, s3_endpoint: str | None = Non
                         broker_url=env.get("MEDIASAN_BROKER_URL"), database_url=env.get("MEDIASAN_DATABASE_URL"),
                         storage_url=env.get("MEDIASAN_STORAGE_URL"))
     services = build_services(settings)
-    if hasattr(services.store, "ensure_buckets"):
-        services.store.ensure_buckets()
-    worker = WorkerProcess(env, folder / "worker.log", beat=beat).start()
+    if kind.endswith("+s3"):   # the bootstrap step, as compose's `bootstrap` service runs it
+        from worker.doctor import check_store
+        bootstrap = check_store(settings, create_buckets=True)
+        assert bootstrap.ok, bootstrap.line()
+    worker = WorkerProcess(env, folder / "worker.log", beat=beat, concurrency=concurrency).start()
     try:
         yield env, services, worker
     finally:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker import __version__, access
+from worker import api_ops
 from worker.services import Services, build_services
 from worker.settings import Settings
 from worker.storage import StoredObject
@@ -110,7 +111,7 @@ STREAM_RESPONSES = {
 # --- the app -------------------------------------------------------------------------------------
 
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
-    services = services or build_services(settings)
+    services = services or api_ops.LazyServices(settings)   # the server starts even when the database is down
     callers = parse_token_table(getattr(settings, "api_tokens", None) or {})
     bearer = HTTPBearer(auto_error=False, description="a token listed (as its sha256) in api_tokens")
 
@@ -118,6 +119,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
                   description="Read-only access to 311 media: agency copies for agencies, originals and "
                               "locations for restricted readers with a stated purpose. Every restricted "
                               "read and every refusal is audited.")
+    api_ops.install(app, settings)   # /healthz, /readyz, /metrics and the request counter
 
     def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
         if credentials is None or credentials.scheme.lower() != "bearer":

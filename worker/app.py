@@ -6,9 +6,9 @@ The job row is the record of an upload; the sweeper republishes what a lost mess
 """
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import worker_process_init
+from celery import Celery, signals
 
+from worker import observe  # noqa: F401  (metrics and log lines on Celery's signals)
 from worker.settings import Settings, get_settings
 
 
@@ -48,6 +48,14 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_queue=settings.queue,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # a lost broker is reconnected to, with growing pauses (2 s, 4 s, … 30 s), this many times;
+        # then the worker exits non-zero so that its supervisor sees it (-1: retry for ever)
+        broker_connection_retry=True,
+        broker_connection_max_retries=(None if settings.broker_connection_max_retries < 0
+                                       else settings.broker_connection_max_retries),
+        # a task running when the broker goes keeps running: its effects are idempotent and its job
+        # row, not the message, records the upload; a redelivered message finds the job done
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         beat_schedule={"sweep": {"task": "tasks.sweep", "schedule": float(settings.sweep_interval_s)},
                        # retention (policy principle 4); every purge is conditional, so two beats are harmless
@@ -57,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-@worker_process_init.connect
+@signals.worker_process_init.connect
 def _bound_child_memory(**_) -> None:
     """Each pool child sanitizes under the process memory budget (worker/budget.py)."""
     from worker.budget import limit_process_memory
@@ -66,3 +74,24 @@ def _bound_child_memory(**_) -> None:
 
 
 app = create_app()
+
+
+@signals.worker_process_init.connect
+def _own_connections(**_) -> None:
+    """A prefork child opens its own database, store and broker connections: nothing inherited."""
+    import logging
+
+    from worker.services import get_services, reset_after_fork
+
+    reset_after_fork()
+    try:
+        get_services()
+    except Exception:   # a store or database that is down now may be back by the first task
+        logging.getLogger(__name__).exception("building this process's services failed; retried on first use")
+
+
+@signals.worker_process_shutdown.connect
+def _close_connections(**_) -> None:
+    from worker.services import close_services
+
+    close_services()

@@ -10,8 +10,10 @@ import typer
 
 from worker.cli_access import register as register_access
 from worker.cli_batch import register as register_batch
+from worker.logs import configure_for_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The 311 media sanitizer.")
+app.callback()(configure_for_cli)   # MEDIASAN_LOG_FORMAT for every command
 
 
 def _settings():
@@ -21,6 +23,7 @@ def _settings():
 
 @app.command()
 def sanitize(
+    ctx: typer.Context,
     paths: List[Path] = typer.Argument(..., exists=False, help="Files to sanitize."),
     out: Path = typer.Option(..., "--out", help="Folder for the agency copies."),
     as_json: bool = typer.Option(False, "--json", help="One JSON report a line per input, in input order."),
@@ -28,10 +31,13 @@ def sanitize(
                                        help="Files sanitized at once (default: the CPUs this process may use)."),
 ) -> None:
     """Write the agency copy of each input into OUT, in-process: no queue, no database."""
+    from worker import workdir
     from worker.batch import default_jobs, sanitize_many
     from worker.budget import limit_process_memory
 
     limit_process_memory(_settings().process_memory_bytes)   # before the pool forks: each child inherits it
+    # any temp file of this run lands in a work folder of its own, gone when the command ends
+    ctx.with_resource(workdir.process_scope(_settings().resolved_work_dir()))
     out.mkdir(parents=True, exist_ok=True)
     console = None
     all_ok = True
@@ -73,17 +79,62 @@ def worker(
     concurrency: int = typer.Option(2, "--concurrency", "-c", help="Worker processes."),
     beat: bool = typer.Option(True, "--beat/--no-beat", help="Also run the sweeper's schedule in this worker."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    hostname: Optional[str] = typer.Option(None, "--hostname", "-n",
+                                           help="The node name, e.g. worker1@%h (Celery's default: celery@%h)."),
 ) -> None:
-    """Run a Celery worker on the configured broker."""
-    from worker.app import app as celery_app
-    from worker.services import get_services
+    """Run a Celery worker on the configured broker; exit with Celery's status (non-zero on an error)."""
+    from worker import records
+    from worker.services import close_services, get_services
 
-    get_services()   # migrate the database before the first task
+    services = get_services()   # the embedded default migrates here; PostgreSQL must already be at head
+    try:
+        records.require_head(services.engine)
+    except records.SchemaNotAtHead as e:
+        typer.echo(f"mediasan worker: {e}", err=True)
+        raise typer.Exit(3)
+    except Exception as e:
+        typer.echo(f"mediasan worker: cannot read the database schema: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(3)
+    # the pool children fork from this process: it must hold no database socket when they do
+    close_services()
+
+    from worker.app import app as celery_app
+
     argv = ["worker", f"--loglevel={loglevel}", "-Q", _settings().queue, f"--concurrency={concurrency}", "--without-gossip",
             "--without-mingle"]
+    if hostname:
+        argv += ["--hostname", hostname]
     if beat:
         argv += ["-B", "--schedule", str(_settings().resolved_data_dir() / "beat-schedule")]
-    celery_app.worker_main(argv)
+    raise typer.Exit(run_celery(celery_app, argv))
+
+
+def run_celery(celery_app, argv: list[str]) -> int:
+    """Run a `celery` subcommand on our app and return its exit status. Celery's own `worker_main` and
+    `start` drop it: click, outside standalone mode, returns `ctx.exit(code)`'s code instead of raising,
+    and they ignore what it returns; a worker that stopped on an unrecoverable error then exits 0."""
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = celery_app   # --app, as Celery.start sets it
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0
+
+
+@app.command()
+def doctor(
+    migrate: bool = typer.Option(False, "--migrate", help="Bring the database to head first (advisory-locked)."),
+    create_buckets: bool = typer.Option(False, "--create-buckets", help="Create the S3 store's buckets first."),
+) -> None:
+    """Check ffmpeg, ffprobe, the database, the store and the broker; one line each, non-zero if any fails."""
+    from worker.doctor import run_checks
+
+    checks = run_checks(_settings(), migrate=migrate, create_buckets=create_buckets)
+    for check in checks:
+        typer.echo(check.line())
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
 @app.command()

@@ -121,10 +121,14 @@ def serve(
     import uvicorn
 
     from worker.api import create_app
+    from worker.logs import configure_from_settings
+    from worker.settings import get_settings
 
-    services = _services()
-    uvicorn.run(create_app(services.settings, services=services), host=host, port=port,
-                proxy_headers=False, server_header=False)
+    configure_from_settings("INFO")   # uvicorn's lines, the access log too, go through worker.logs
+    # no Services here: the API builds them at first use, so it starts (and /readyz says 503) while
+    # the database is down
+    uvicorn.run(create_app(get_settings()), host=host, port=port, proxy_headers=False, server_header=False,
+                log_config=None)
 
 
 def api_token(

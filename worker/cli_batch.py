@@ -1,4 +1,5 @@
-"""`mediasan reprocess` and `mediasan purge`: the batch commands. worker.cli calls register(app)."""
+"""The batch and operator commands: `mediasan reprocess`, `purge`, `sweep` and `verify-store`.
+worker.cli calls register(app)."""
 from __future__ import annotations
 
 import getpass
@@ -109,10 +110,74 @@ def purge_command(
     purged = purge(services=get_services(), dry_run=dry_run, actor=_operator(), on_item=on_item)
     if not as_json:
         originals = sum(p.what == "original" for p in purged)
-        console.print(f"{'would purge' if dry_run else 'purged'} {originals} originals and "
-                      f"{len(purged) - originals} locations")
+        incoming = sum(p.what == "incoming" for p in purged)
+        console.print(f"{'would purge' if dry_run else 'purged'} {originals} originals, "
+                      f"{len(purged) - originals - incoming} locations and {incoming} incoming objects")
+
+
+def sweep_command(
+    every: Optional[float] = typer.Option(None, "--every", help="Run again every this many seconds, until stopped."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a line per run."),
+) -> None:
+    """Republish uploads whose message was lost; remove incoming objects of finished jobs and dead work folders."""
+    import time
+
+    from worker import workdir
+    from worker.services import get_services
+    from worker.sweeper import sweep
+
+    services = get_services()
+    with workdir.process_scope(services.settings.resolved_work_dir()):
+        while True:
+            result = sweep(services)
+            line = {"candidates": result.candidates, "republished": len(result.republished),
+                    "still_queued": result.still_queued, "broker_visible": result.broker_visible,
+                    "incoming_removed": len(result.incoming_removed),
+                    "work_folders_removed": len(result.work_folders_removed)}
+            typer.echo(json.dumps(line) if as_json else " ".join(f"{k}={v}" for k, v in line.items()))
+            if every is None:
+                return
+            time.sleep(every)
+
+
+def verify_store_command(
+    fix: bool = typer.Option(False, "--fix", help="Remove what retention would (never an upload still waiting)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the verifier again on every agency copy."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a line per finding, then a summary."),
+) -> None:
+    """Walk the stores and the records: objects no record explains, agency copies that fail the verifier,
+    incoming objects older than the sweep window, work folders of dead processes. Exit 1 on any finding."""
+    from collections import Counter
+
+    from rich.console import Console
+
+    from worker import store_audit, workdir
+    from worker.services import get_services
+
+    services = get_services()
+    console = Console(stderr=True)
+    with workdir.process_scope(services.settings.resolved_work_dir()):
+        findings = store_audit.audit(services, verify=verify)
+        fixed = store_audit.fix(services, findings) if fix else []
+    fixed_keys = {(f.kind, f.key) for f in fixed}
+    for f in findings:
+        done = (f.kind, f.key) in fixed_keys
+        if as_json:
+            sys.stdout.write(json.dumps({**f.as_json(), "fixed": done}) + "\n")
+        else:
+            console.print(f"{f.kind} {f.key}: {f.detail}{' [fixed]' if done else ''}", highlight=False)
+    counts = Counter(f.kind for f in findings)
+    if as_json:
+        sys.stdout.write(json.dumps({"summary": {"findings": len(findings), "fixed": len(fixed),
+                                                 "by_kind": dict(counts)}}) + "\n")
+    else:
+        console.print(f"{len(findings)} findings" + (f" ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})"
+                                                      if counts else "") + (f", {len(fixed)} fixed" if fix else ""))
+    raise typer.Exit(1 if findings else 0)
 
 
 def register(app: typer.Typer) -> None:
     app.command("reprocess")(reprocess_command)
     app.command("purge")(purge_command)
+    app.command("sweep")(sweep_command)
+    app.command("verify-store")(verify_store_command)

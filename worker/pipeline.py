@@ -1,20 +1,32 @@
 """One upload, top to bottom, as in DESIGN.md "The flow": claim, fetch, sanitize, record, store, finish.
 
 All I/O of the worker happens here and in the modules it calls (records, storage); the sanitizing
-itself is worker.sanitizer on files in a private temporary folder.
+itself is worker.sanitizer on files in this process's work folder (worker.workdir).
+
+Nothing is left behind by a crash at any point (DESIGN.md "Reliability"). The order:
+
+1. fetch the incoming object into the job's work folder (a kill here: the folder of a dead process,
+   removed by the next worker at start and by the sweeper; the job's lease runs out, it is redone);
+2. store the original and the verified agency copy under keys derived from the upload id (a kill
+   here: objects at the job's own keys; the retry writes the same keys and records them);
+3. one transaction: location, variant rows, the job final (the records now know every object);
+4. ``clean_after_finish``: the incoming object and any agency object the records no longer name
+   are deleted. A kill between 3 and 4 is repaired by the repeated message (the "already final"
+   path runs step 4 again) and by the sweeper, which runs it for final jobs that still have an
+   incoming object.
 """
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import delete
 
-from worker import __version__, formats, records
+from worker import __version__, formats, observe, records, store_audit, workdir
 from worker.errors import SanitizeError
 from worker.messages import UploadMessage
 from worker.sanitizer import Report, sanitize_file
@@ -59,12 +71,14 @@ def agency_tags(msg: UploadMessage) -> dict[str, str]:
 
 
 def process_upload(msg: UploadMessage, services: Services) -> Outcome:
-    """Run one upload. Idempotent: a repeat of a finished upload changes nothing.
+    """Run one upload. Idempotent: a repeat of a finished upload changes nothing but leftovers.
 
     Raises LeaseHeld when another worker is on it, and lets infrastructure errors (database,
     store) propagate after handing the job back, so the task can retry with backoff.
     """
     settings = services.settings
+    final: Outcome | None = None
+    remaining = 0.0
     with services.sessions() as session:
         records.insert_job(session, upload_id=msg.upload_id, complaint_id=msg.complaint_id, channel=msg.channel,
                            agency=msg.agency, source_key=msg.source_key, filename=msg.filename,
@@ -75,9 +89,15 @@ def process_upload(msg: UploadMessage, services: Services) -> Outcome:
             job = session.get(records.Job, msg.upload_id)
             if job.state in records.FINAL_STATES:
                 log.info("upload %s already %s; nothing to do", msg.upload_id, job.state)
-                return Outcome(msg.upload_id, job.state, job.error_code)
-            remaining = (job.lease_until - records.utcnow()).total_seconds() if job.lease_until else 0
+                final = Outcome(msg.upload_id, job.state, job.error_code)
+            elif job.lease_until is not None:
+                remaining = (job.lease_until - records.utcnow()).total_seconds()
+    if attempt is None:
+        if final is None:
             raise LeaseHeld(max(remaining, 1.0))
+        # a worker killed after finishing but before cleaning up left the incoming object: finish it off
+        clean_after_finish(services, msg.upload_id)
+        return final
     try:
         return _run_claimed(msg, services, attempt)
     except Exception as e:
@@ -87,13 +107,48 @@ def process_upload(msg: UploadMessage, services: Services) -> Outcome:
         raise
 
 
+def clean_after_finish(services: Services, upload_id: str) -> list[str]:
+    """Delete what a final job no longer needs: the incoming object (once the original is kept under
+    restriction) and agency objects the records do not name (an earlier run's copy). Idempotent; the
+    pipeline, the "already final" path, ``tasks.sanitize``'s give-up and the sweeper all call it.
+    Returns the keys deleted."""
+    with services.sessions() as session:
+        job = session.get(records.Job, upload_id)
+        if job is None or job.state not in records.FINAL_STATES:
+            return []
+        variants = records.variants_of(session, upload_id)
+        state, error_code, source_key = job.state, job.error_code, job.source_key
+    deleted = []
+    has_original = any(v.variant == "original" for v in variants)
+    if store_audit.incoming_removable(state=state, has_original=has_original) and \
+            services.store.head(source_key) is not None:
+        services.store.delete(source_key)
+        deleted.append(source_key)
+    published = {v.key for v in variants if v.variant == "sanitized"}
+    for obj in store_audit.list_objects(services.store, "agency", f"{upload_id}/"):
+        if obj.key not in published:
+            services.store.delete(obj.key)
+            deleted.append(obj.key)
+    if deleted:
+        log.info("upload %s: removed %s", upload_id, ", ".join(deleted))
+    return deleted
+
+
+def pause_for_test(step: str, attempt: int, work: Path) -> None:
+    """TEST HOOK, inert unless MEDIASAN_TEST_PAUSE_AT names ``step`` ("fetched", "stored", "finished"):
+    the first attempt of a job then leaves a ``paused-at-{step}`` file in its work folder and sleeps,
+    so a test (tests/test_residue.py) can SIGKILL this very process at that point of the pipeline."""
+    if attempt == 1 and os.environ.get("MEDIASAN_TEST_PAUSE_AT") == step:
+        (work / f"paused-at-{step}").touch()
+        time.sleep(3600)
+
+
 def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcome:
     settings, store = services.settings, services.store
-    with tempfile.TemporaryDirectory(prefix="mediasan-") as tmp:
-        os.chmod(tmp, 0o700)
-        work = Path(tmp)
+    with workdir.job_folder(settings.resolved_work_dir(), msg.upload_id) as work:
         src = work / "upload"
         _fetch_source(msg, services, src)
+        pause_for_test("fetched", attempt, work)
         report = sanitize_file(src, work / "media", settings.limits())
         # policy principle 4: retention runs from when the upload arrived, so a reprocess never extends it
         retain_original = msg.received_at + timedelta(days=(settings.retain_audio_original_days
@@ -106,10 +161,9 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
             stored_copy = store.put_file(agency_key(msg.upload_id, Path(report.output).suffix),
                                          Path(report.output), content_type=report.media_type or "application/octet-stream",
                                          tags=agency_tags(msg), replace=True)
+        pause_for_test("stored", attempt, work)
         with services.sessions() as session:
             fix = report.found.fix
-            # a copy from an earlier run is unpublished when this run makes none, or makes it under another key
-            old_copies = {v.key for v in records.variants_of(session, msg.upload_id) if v.variant == "sanitized"}
             if (fix or report.found.captured_at) and retain_location > records.utcnow():   # never revive a purged one
                 records.upsert_location(
                     session, upload_id=msg.upload_id, complaint_id=msg.complaint_id,
@@ -126,7 +180,7 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
                                        sha256=stored_copy.sha256, size=stored_copy.bytes,
                                        media_type=stored_copy.content_type, tags=stored_copy.tags,
                                        sanitizer_version=__version__, retain_until=None)
-            else:
+            else:   # this run makes no copy: an earlier run's is unpublished (its object goes in clean_after_finish)
                 session.execute(delete(records.Variant).where(records.Variant.upload_id == msg.upload_id,
                                                               records.Variant.variant == "sanitized"))
             state = "done" if report.status == "sanitized" else report.status
@@ -140,10 +194,10 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
                 log.warning("upload %s: lost the claim before finishing; leaving it to the new holder", msg.upload_id)
                 return Outcome(msg.upload_id, "processing")
             session.commit()
+            observe.upload_finished(msg.upload_id, state, report)
+        pause_for_test("finished", attempt, work)
     # policy principle 4: the incoming copy is not needed once the original is kept under restriction
-    store.delete(msg.source_key)
-    for key in old_copies - ({stored_copy.key} if stored_copy is not None else set()):
-        store.delete(key)
+    clean_after_finish(services, msg.upload_id)
     log.info("upload %s %s (%s)", msg.upload_id, state, error.code if error else report.format)
     return Outcome(msg.upload_id, state, error.code if error else None)
 

@@ -5,12 +5,14 @@ conditional UPDATE (``WHERE state = …``), so a redelivered message or a second
 """
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
-                        UniqueConstraint, create_engine, event, select, update)
+                        UniqueConstraint, create_engine, event, exc, select, text, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -121,7 +123,17 @@ class AuditEvent(Base):
 
 # --- engine and migrations ---------------------------------------------------------------------
 
+# pg_advisory_lock's key for migrations: one number the whole database agrees on ("mediasan" in ASCII)
+MIGRATION_LOCK_KEY = 0x6D6564696173616E
+
+
+class SchemaNotAtHead(RuntimeError):
+    """The database is not migrated to this code's newest revision: run `mediasan doctor --migrate`."""
+
+
 def make_engine(url: str) -> Engine:
+    """An engine for this process. Its connections are tagged with the pid that opened them and
+    refused in any other process: a pooled connection inherited across fork is never used."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -132,20 +144,71 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.url.get_backend_name() == "postgresql":
+            @event.listens_for(engine, "do_connect")
+            def _tag_connection(_dialect, _conn_rec, _cargs, cparams):
+                # pg_stat_activity then tells each process's connections apart
+                cparams.setdefault("application_name", f"mediasan:{os.getpid()}")
+
+    @event.listens_for(engine, "connect")
+    def _remember_pid(_dbapi_conn, record):
+        record.info["pid"] = os.getpid()
+
+    @event.listens_for(engine, "checkout")
+    def _refuse_other_process(_dbapi_conn, record, proxy):
+        # SQLAlchemy's pooling guide ("Using Connection Pools with Multiprocessing or os.fork()"):
+        # a connection opened by another process is dropped here, never sent a byte
+        pid = os.getpid()
+        if record.info.get("pid") != pid:
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise exc.DisconnectionError(f"connection opened in process {record.info.get('pid')}, now in {pid}")
+    return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (alembic, run in-process)."""
-    from pathlib import Path
-
-    from alembic import command
+def _alembic_config():
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None: never migrated). Connects, so it raises when unreachable."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_head(engine: Engine) -> None:
+    """Raise SchemaNotAtHead unless the database is at this code's newest revision."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaNotAtHead(f"the database is at revision {current or 'none (empty)'}, this code needs {head}; "
+                              "run `mediasan doctor --migrate` once before starting workers")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (alembic, run in-process).
+
+    On PostgreSQL the upgrade runs holding a transaction-level advisory lock, so two processes
+    migrating at once take turns: the second finds the schema at head and does nothing.
+    """
+    from alembic import command
+
+    cfg = _alembic_config()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -11,14 +11,18 @@ if the process dies after the object went but before the commit, the next run fi
 store delete is a no-op and the row goes then. Two purges at once: the second DELETE matches no row,
 so it writes no audit row. Jobs not in a final state (being processed or reprocessed) are left for
 the next run, so a purge never pulls an original out from under a running worker.
+
+A job that ended `failed` before its original was stored (infrastructure kept failing) still has its
+incoming object, the only copy, kept for a reprocess: it gets the original's window, counted from
+arrival, and then goes like an original (``what == "incoming"``), so retention reaches every byte.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select, update
 
 from worker import records
 from worker.services import Services
@@ -30,8 +34,8 @@ BATCH = 500
 class Purged:
     upload_id: str
     complaint_id: str | None
-    what: str                 # "original" | "location"
-    key: str | None           # the stored object's key (originals only)
+    what: str                 # "original" | "location" | "incoming"
+    key: str | None           # the stored object's key (originals and incoming objects)
     retain_until: datetime
 
     def detail(self) -> str:
@@ -87,6 +91,31 @@ def _expired(services: Services, now: datetime) -> Iterator[Purged]:
         for upload_id, complaint_id, retain_until in rows:
             yield Purged(upload_id, complaint_id, "location", None, retain_until)
         last_upload = rows[-1][0]
+    yield from _expired_incoming(services, now)
+
+
+def _expired_incoming(services: Services, now: datetime) -> Iterator[Purged]:
+    """Incoming objects of jobs that failed with no original stored, past the original's window."""
+    settings = services.settings
+    J, V = records.Job, records.Variant
+    shortest = min(settings.retain_original_days, settings.retain_audio_original_days)
+    no_original = ~exists().where(V.upload_id == J.upload_id, V.variant == "original")
+    last_upload = ""
+    while True:
+        with services.sessions() as session:
+            rows = session.execute(
+                select(J.upload_id, J.complaint_id, J.source_key, J.received_at, J.kind)
+                .where(J.state == "failed", no_original, J.received_at < now - timedelta(days=shortest),
+                       J.upload_id > last_upload)
+                .order_by(J.upload_id).limit(BATCH)).all()
+        if not rows:
+            return
+        for upload_id, complaint_id, key, received_at, kind in rows:
+            days = settings.retain_audio_original_days if kind == "audio" else settings.retain_original_days
+            until = received_at + timedelta(days=days)
+            if until < now and services.store.head(key) is not None:
+                yield Purged(upload_id, complaint_id, "incoming", key, until)
+        last_upload = rows[-1][0]
 
 
 def _purge_one(services: Services, item: Purged, *, now: datetime, actor: str) -> bool:
@@ -96,6 +125,13 @@ def _purge_one(services: Services, item: Purged, *, now: datetime, actor: str) -
             V = records.Variant
             gone = session.execute(delete(V).where(V.upload_id == item.upload_id, V.variant == "original",
                                                    V.key == item.key, V.retain_until < now))
+        elif item.what == "incoming":
+            # no row to delete: the job row holds it (still failed, still without an original) while we do
+            J, V = records.Job, records.Variant
+            gone = session.execute(update(J).where(J.upload_id == item.upload_id, J.state == "failed",
+                                                   ~exists().where(V.upload_id == J.upload_id,
+                                                                   V.variant == "original"))
+                                   .values(updated_at=records.utcnow()))
         else:
             L = records.Location
             gone = session.execute(delete(L).where(L.upload_id == item.upload_id, L.retain_until < now))

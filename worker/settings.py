@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,13 +50,31 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 200
     sweep_interval_s: int = 60
     stale_received_s: int = 10 * 60         # a received job untouched this long may have lost its message
+    # reconnection attempts after a broker loss (pauses grow 2 s, 4 s, … to 30 s: 100 is about 45 min),
+    # then the worker exits non-zero for its supervisor to restart; -1 retries for ever
+    broker_connection_max_retries: int = 100
+    # work files (worker/workdir.py): one folder a process under here, never the system temp folder
+    work_dir: Path | None = None            # default: {data_dir}/work
+    sweep_queue: str | None = None          # default: "{queue}.sweep": tasks.sweep and tasks.purge, off the work queue
 
     # investigators' API (worker/api.py): sha256 hex of each bearer token -> "actor=role",
     # e.g. MEDIASAN_API_TOKENS='{"<sha256>": "j.doe=agency:DSNY"}'; `mediasan api-token` makes entries
     api_tokens: dict[str, str] = Field(default_factory=dict)
 
+    # operations (worker/metrics.py, worker/logs.py): Prometheus metrics of `mediasan worker` on this
+    # port when set (all pool processes aggregated), and the log line format of every command
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    def resolved_work_dir(self) -> Path:
+        return (self.work_dir.expanduser() if self.work_dir else self.resolved_data_dir() / "work").resolve()
+
+    def resolved_sweep_queue(self) -> str:
+        return self.sweep_queue or f"{self.queue}.sweep"
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.resolved_data_dir() / 'mediasan.sqlite3'}"

@@ -91,6 +91,21 @@ class S3Store:
                         "BlockPublicAcls": True, "IgnorePublicAcls": True,
                         "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
 
+    def missing_buckets(self) -> list[str]:
+        """The area buckets that do not exist (HeadBucket each); StorageError when the store does not answer."""
+        missing = []
+        for area in AREAS:
+            name = self.bucket(area)
+            try:
+                self.client.head_bucket(Bucket=name)
+            except self._client_error() as e:
+                if _error_code(e) not in ("404", "NoSuchBucket", "NotFound"):
+                    raise StorageError(f"cannot reach bucket {name}: {e}") from e
+                missing.append(name)
+            except self._boto_error() as e:
+                raise StorageError(f"cannot reach bucket {name}: {e}") from e
+        return missing
+
     @staticmethod
     def _client_error():
         from botocore.exceptions import ClientError
@@ -244,10 +259,15 @@ class S3Store:
             raise StorageError(f"cannot delete {key}: {e}") from e
 
 
-@functools.lru_cache(maxsize=1)
 def _boto_session():
     """One boto3 session a process: each new session reloads the S3 service model (about a second),
-    and credentials resolve once through the standard chain."""
+    and credentials resolve once through the standard chain. Keyed by pid because boto3 sessions
+    and clients are not fork-safe: a forked child builds its own."""
+    return _boto_session_of(os.getpid())
+
+
+@functools.lru_cache(maxsize=1)
+def _boto_session_of(pid: int):
     import boto3
     return boto3.session.Session()
 
