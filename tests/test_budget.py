@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import CORPUS
+
 
 def sanitize(path: Path, out: Path, **env: str) -> tuple[dict, float, str]:
     started = time.monotonic()
@@ -85,3 +87,24 @@ def _startup_seconds() -> float:
     subprocess.run([sys.executable, "-c", "import worker.cli, worker.sanitizer, worker.formats; "
                     "worker.formats._register_all()"], check=True, timeout=60)
     return time.monotonic() - started
+
+
+# Past the memory budget, two decoders do not raise MemoryError but something else, which ends as the
+# wrong code. Pinned here for their owner (photo); when fixed, drop the xfail.
+
+@pytest.mark.xfail(strict=True, reason="photo: Pillow's JPEG encoder out of memory raises OSError('broken data "
+                                       "stream when writing image file'), reported as internal; should be too_large")
+@pytest.mark.skipif(not (CORPUS / "photoprism/assets/examples/iphone_7.heic").exists(), reason="no shared corpus")
+def test_a_heic_reencode_past_the_memory_budget_is_too_large(tmp_path):
+    report, _, _ = sanitize(CORPUS / "photoprism/assets/examples/iphone_7.heic", tmp_path,
+                            MEDIASAN_PROCESS_MEMORY_BYTES=str(256 * 1024**2))
+    assert report["error"] and report["error"]["code"] == "too_large", report
+
+
+@pytest.mark.xfail(strict=True, reason="photo: verify.py turns the verifier's MemoryError (Pillow decoding the "
+                                       "copy) into verify_failed; past the budget the input is too_large")
+def test_a_png_verify_decode_past_the_memory_budget_is_too_large(tmp_path):
+    big = tmp_path / "flat.png"
+    Image.new("RGB", (12_000, 9_000), (10, 200, 30)).save(big)   # 108 MP, 330 KB
+    report, _, _ = sanitize(big, tmp_path / "out", MEDIASAN_PROCESS_MEMORY_BYTES=str(256 * 1024**2))
+    assert report["error"] and report["error"]["code"] == "too_large", report
