@@ -42,7 +42,10 @@ class Deadline:
 
     def __init__(self, seconds: float | None):
         self.seconds = seconds
-        self.armed = bool(seconds and seconds > 0) and threading.current_thread() is threading.main_thread()
+        # off the main thread no signal arrives; and a timer already running (an enclosing deadline,
+        # or the caller's own alarm) is left alone rather than replaced and then cancelled
+        self.armed = (bool(seconds and seconds > 0) and threading.current_thread() is threading.main_thread()
+                      and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
         self._previous = None
         if self.armed:
             self._previous = signal.signal(signal.SIGALRM, _on_alarm)
@@ -62,7 +65,7 @@ class Deadline:
 def start_deadline(seconds: float | None) -> Deadline:
     """Arm the per-file timer: after ``seconds`` of wall time, FileTimeout is raised in this thread.
 
-    Does nothing for ``seconds`` None or <= 0, and off the main thread (no signal arrives there).
+    Does nothing for ``seconds`` None or <= 0, off the main thread, or while a timer already runs.
     """
     return Deadline(seconds)
 

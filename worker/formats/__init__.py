@@ -28,8 +28,10 @@ FAMILIES = ("photo.jpeg", "photo.png", "photo.webp", "photo.gif", "photo.heif", 
 def _register_all() -> None:
     import importlib
 
-    for family in FAMILIES:
-        FORMATS.extend(importlib.import_module(f"worker.formats.{family}").FORMATS)
+    # all or nothing: an import cut short (a per-file deadline, MemoryError) must not leave a registry
+    # that lacks the families after it, since a non-empty FORMATS is never filled again
+    found = [fmt for family in FAMILIES for fmt in importlib.import_module(f"worker.formats.{family}").FORMATS]
+    FORMATS.extend(found)
 
 
 def read_head(path: Path) -> bytes:
