@@ -34,6 +34,7 @@ def sanitize_upload(self, **message) -> str:
         # Someone else holds the job: come back when its lease runs out. A new message carrying the
         # infrastructure-retry count unchanged, so waiting on a lease never counts toward max_retries.
         self.apply_async(kwargs=message, countdown=e.seconds, retries=self.request.retries)
+        observe.rescheduled(msg.upload_id, "lease_held", e.seconds)
         return "held"
     except Exception as e:
         if self.request.retries >= self.max_retries:

@@ -131,7 +131,11 @@ def test_complaint_media_lists_only_what_the_caller_may_see(api):
     ("bytes=0-9", 206, (0, 9)), ("bytes=100-", 206, (100, 10239)), ("bytes=-16", 206, (10224, 10239)),
     ("bytes=10000-99999", 206, (10000, 10239)), ("bytes=10239-10239", 206, (10239, 10239)),
     ("bytes=10240-", 416, None), ("bytes=-0", 416, None),
-    ("bytes=0-1,5-6", 200, None), ("items=0-5", 200, None), ("bytes=9-3", 200, None), ("bytes=x-y", 200, None),
+    ("bytes=0-1,5-6", 200, None), ("items=0-5", 200, None),
+    ("bytes=9-3", 400, None), ("bytes=x-y", 400, None), ("bytes=-", 400, None), ("bytes=1-2-3", 400, None),
+    # positions longer than Python converts (4300 digits) are past any object, not a 500
+    ("bytes=" + "9" * 5000 + "-", 416, None), ("bytes=0-" + "9" * 5000, 206, (0, 10239)),
+    ("bytes=-" + "9" * 5000, 206, (0, 10239)), ("bytes=" + "0" * 5000 + "5-9", 206, (5, 9)),
 ])
 def test_range_requests(api, header, status, expected):
     client, _, up = api
@@ -146,6 +150,8 @@ def test_range_requests(api, header, status, expected):
         assert int(r.headers["content-length"]) == end - start + 1
     elif status == 416:
         assert r.headers["content-range"] == "bytes */10240"
+    elif status == 400:
+        assert r.json() == {"detail": "malformed Range header"}
     else:
         assert r.content == data
 
@@ -155,6 +161,41 @@ def test_range_on_the_original(api):
     r = get(client, "/uploads/up-dsny-1/original", RESTRICTED, Range="bytes=0-3", **{"X-Purpose": "check header"})
     assert r.status_code == 206 and r.content == up["dsny"].original[:4]
     assert len(audit_rows(services)) == 1
+
+
+def test_original_audit_never_claims_a_read_that_did_not_happen(api):
+    """A malformed Range is refused before the decision (no row); a range past the end, or an original
+    lost from the store, leaves the "allowed" row followed by one saying nothing was sent."""
+    client, services, up = api
+    purpose = {"X-Purpose": "FOIL request 17"}
+    r = get(client, "/uploads/up-dsny-1/original", RESTRICTED, Range="bytes=9-3", **purpose)
+    assert r.status_code == 400 and audit_rows(services) == []
+    r = get(client, "/uploads/up-dsny-1/original", RESTRICTED, Range="bytes=" + "7" * 5000 + "-", **purpose)
+    assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(up['dsny'].original)}"
+    services.store.delete(up["dsny"].original_key)
+    r = get(client, "/uploads/up-dsny-1/original", RESTRICTED, **purpose)
+    assert r.status_code == 503 and up["dsny"].original[:20] not in r.content
+    rows = [(r.action, r.outcome, r.upload_id, r.complaint_id, r.purpose, r.detail) for r in audit_rows(services)]
+    assert rows == [
+        ("read_original", "allowed", "up-dsny-1", "C-100", "FOIL request 17", None),
+        ("read_original", "failed", "up-dsny-1", "C-100", "FOIL request 17", "nothing sent: range not satisfiable"),
+        ("read_original", "allowed", "up-dsny-1", "C-100", "FOIL request 17", None),
+        ("read_original", "failed", "up-dsny-1", "C-100", "FOIL request 17", "nothing sent: the stored object is missing"),
+    ]
+
+
+def test_no_cdn_docs_and_no_redirect_from_the_host_header(api):
+    client, _, up = api
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert client.get(path).status_code == 404
+    assert client.get("/openapi.json").json()["info"]["title"] == "mediasan investigators' API"
+    for path in ("/uploads/up-dsny-1/media/", "/complaints/C-100/media/", "/ui", "/ui/search/"):
+        r = client.get(path, headers={"Host": "evil.example", "Authorization": DSNY}, follow_redirects=False)
+        assert "evil" not in r.headers.get("location", ""), path
+        assert r.status_code in (303, 404), (path, r.status_code)
+        if r.status_code == 303:
+            assert r.headers["location"].startswith("/ui/")
+    assert get(client, "/uploads/up-dsny-1/media", DSNY).content == up["dsny"].copy
 
 
 def test_parse_range_empty_file():
@@ -269,7 +310,7 @@ def _raw_get(port: int, path: str, token: str, **headers) -> tuple[int, bytes]:
     """Sends the path byte for byte: no client-side normalisation of `..` or percent-escapes."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.putrequest("GET", path, skip_accept_encoding=True, skip_host="Host" in headers)
         conn.putheader("Authorization", token)
         for name, value in headers.items():
             conn.putheader(name, value)
@@ -310,6 +351,24 @@ def test_agency_path_tricks_get_nothing(live):
     assert len(audit_rows(services)) > before  # the refusals that reached a route were audited
     # the one thing DSNY may have is still there
     assert _raw_get(port, "/uploads/up-dsny-1/media", DSNY)[1] == world["dsny"].copy
+
+
+def test_forged_host_gets_no_redirect_from_the_real_server(live):
+    _, port, _, _, world = live
+    for path in ("/uploads/up-dsny-1/media/", "/complaints/C-100/media/", "/ui", "/openapi.json/"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", "evil.example")
+            conn.endheaders()
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        location = response.getheader("Location") or ""
+        assert "evil" not in location and response.status in (303, 404), (path, response.status, location)
+    status, body = _raw_get(port, "/uploads/up-dsny-1/media", DSNY, Host="evil.example")
+    assert status == 200 and body == world["dsny"].copy
 
 
 @pytest.mark.parametrize("token,known_ids", [(RESTRICTED, False), (RESTRICTED, True), (DSNY, True)],

@@ -400,3 +400,57 @@ def test_flac_copy_is_streaminfo_and_frames(built, tmp_path):
     blocks, frames_start = flac.read_blocks(data, 0)
     assert [b[0] for b in blocks] == [flac.STREAMINFO]
     assert data[frames_start:] in built["flac"].read_bytes()
+
+
+# --- hostile input: walks that end where the audio ends, checks before a copy --------------------
+
+ID3V23_NO_FOOTER = (b"ID3\x03\x00\x00\x00\x00\x00\x2a" + b"TXXX\x00\x00\x00\x20\x00\x00"
+                    + b"\x00GPS\x00+40.7128-074.0060/ MSCANARY")
+
+
+@pytest.mark.parametrize("payload", [ID3V23_NO_FOOTER, b"<html><body>MSCANARY +40.7128-074.0060</body></html>"],
+                         ids=["id3v23-no-footer", "html"])
+def test_anything_after_the_last_flac_frame_goes(payload, built, tmp_path):
+    src = tmp_path / "appended.flac"
+    src.write_bytes(built["flac"].read_bytes() + payload)
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized", report.error and report.error.as_dict()
+    data = Path(report.output).read_bytes()
+    assert b"MSCANARY" not in data and b"+40.7" not in data
+    assert any("after the last frame" in item for item in report.removed)
+
+
+def test_bytes_between_flac_frames_are_corrupt(built, tmp_path):
+    from worker.formats.av import flac
+
+    raw = built["flac"].read_bytes()
+    blocks, start = flac.read_blocks(raw, 0)
+    second = next(p for p in range(start + 2, len(raw)) if flac.frame_header(raw, p))
+    src = tmp_path / "inserted.flac"
+    src.write_bytes(raw[:second] + b"MSCANARY" + raw[second:])
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert (report.status, report.error.code) == ("rejected", "corrupt"), report.as_json()
+
+
+def test_mp3_scan_is_linear_over_junk(built):
+    import time
+
+    from worker.formats.av import mp3
+
+    raw = built["mp3"].read_bytes()
+    for junk in (b"\xff\x00" * (1 << 19), b"\xff" * (1 << 20), b"\xff\xe2\x10\x00" * (1 << 18)):
+        began = time.monotonic()
+        result = mp3.scan(raw + junk + b"MSCANARY", LIMITS)
+        assert time.monotonic() - began < 2.0
+        assert result.frames[-1][1] <= len(raw)
+
+
+@pytest.mark.parametrize("damage", ["sequence gap", "bad crc"])
+def test_damaged_ogg_pages_are_corrupt_before_a_copy(damage, built, tmp_path):
+    from fixtures.hostile_av import _ogg_bad_crcs, _ogg_sequence_gap
+
+    raw = built["opus"].read_bytes()
+    src = tmp_path / "damaged.opus"
+    src.write_bytes(_ogg_sequence_gap(raw) if damage == "sequence gap" else _ogg_bad_crcs(raw))
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert (report.status, report.error.code) == ("rejected", "corrupt"), report.as_json()

@@ -15,6 +15,7 @@ from worker.formats.base import Limits
 from worker.formats.walkers.boxes import iter_boxes, walk
 from worker.formats.av.mp4_location import locate, parse_keys, parse_loci, read_location, udta_xyz_text
 from worker.location import NoFix, parse_iso6709
+from worker.sanitizer import sanitize_file
 
 ISO_BMFF = ("video/mp4", "video/quicktime", "audio/mp4", "audio/x-m4a", "video/3gpp", "video/3gpp2",
             "application/octet-stream")
@@ -210,3 +211,41 @@ def test_corpus_fix_extracted_and_none_invented(row):
         assert found.fix is not None
         assert found.fix.lat == pytest.approx(expected[0], abs=1e-6)
         assert found.fix.lon == pytest.approx(expected[1], abs=1e-6)
+
+
+# --- GoPro GPMF telemetry ------------------------------------------------------------------------
+
+def test_gpmf_first_fix_is_read_and_the_track_dropped(tmp_path):
+    from worker.formats.av.mp4_location import locate_mp4
+
+    src = tmp_path / "GX010042.MP4"
+    lat, lon = video.gopro_gpmf_mp4(src, 40.712776, -74.005974, 12.5)
+    found = locate_mp4(src)
+    assert (found.fix.lat, found.fix.lon, found.fix.alt, found.fix.source) == (lat, lon, 12.5, "gpmf")
+    assert locate_mp4(src.read_bytes()).fix == found.fix          # the motion-photo entry point: bytes
+    report = sanitize_file(src, tmp_path / "copy", Limits())
+    assert report.status == "sanitized", report.as_json()
+    assert report.found.fix == found.fix and "data stream gpmd" in report.removed
+    copy = Path(report.output).read_bytes()
+    assert b"gpmd" not in copy and b"GPS5" not in copy
+
+
+def test_gpmf_without_a_lock_is_no_fix(tmp_path):
+    from worker.formats.av.mp4_location import locate_mp4
+
+    src = tmp_path / "nolock.mp4"
+    video.gopro_gpmf_mp4(src, 40.7, -74.0, 10.0, locked=False)
+    found = locate_mp4(src)
+    assert found.fix is None and any("gpmf" in note for note in found.notes)
+
+
+@pytest.mark.parametrize("payload", [
+    b"DEVC\0\1\xff\xff" + b"STRM\0\1\0\x10",                                   # lengths past the data
+    (b"DEVC\0\1\0\x08" * 50)[:400],                                           # nesting far too deep
+    b"DEVC\0\1\0\x1c" + b"STRM\0\1\0\x14" + b"SCAL\x6c\4\0\1" + bytes(4) + b"GPS5\x6c\x14\0\0",  # zero scale, no record
+    b"GPS5\x6c\x14\xff\xff",                                                  # a record count the data lacks
+])
+def test_crafted_gpmf_gives_no_fix_and_no_error(payload):
+    from worker.formats.av.gpmf import first_fix
+
+    assert first_fix(payload) is None

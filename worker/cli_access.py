@@ -116,8 +116,11 @@ def audit(
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Listen address."),
     port: int = typer.Option(8311, "--port", help="Listen port."),
+    ssl_certfile: Optional[Path] = typer.Option(None, "--ssl-certfile", help="Serve HTTPS with this certificate."),
+    ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile", help="The certificate's private key."),
 ) -> None:
-    """The investigators' read-only HTTP API."""
+    """The investigators' read-only HTTP API, and their pages at /ui/ (one process: the pages'
+    sessions live in it, so a restart signs everyone out)."""
     import uvicorn
 
     from worker.api import create_app
@@ -125,10 +128,15 @@ def serve(
     from worker.settings import get_settings
 
     configure_from_settings("INFO")   # uvicorn's lines, the access log too, go through worker.logs
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither")
+    scheme = "https" if ssl_certfile else "http"
+    typer.echo(f"investigators' pages: {scheme}://{host}:{port}/ui/", err=True)
     # no Services here: the API builds them at first use, so it starts (and /readyz says 503) while
     # the database is down
     uvicorn.run(create_app(get_settings()), host=host, port=port, proxy_headers=False, server_header=False,
-                log_config=None)
+                log_config=None, ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 
 
 def api_token(

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 # lower rank wins
 SOURCE_RANK = {"exif": 0, "xmp": 1, "quicktime": 2, "mdta": 2, "3gpp": 2, "container": 3}
+# GoPro's GPMF telemetry track: a recorded fix, ranked after the container's own location boxes
+SOURCE_RANK["gpmf"] = 3
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,14 @@ def upload_finished(upload_id: str, state: str, report=None, *, error_code: str 
                    state=state, kind=kind, format=fmt, seconds=seconds, error_code=error_code)
 
 
+def rescheduled(upload_id: str, reason: str, countdown_s: float) -> None:
+    """A task put itself back on the queue without Celery's retry (waiting out another worker's
+    lease spends no retry): counted and logged like a retry, with its reason."""
+    metrics.record_retry(reason)
+    logs.log_event(log, "task_retried", "upload %s rescheduled in %.0f s (%s)", upload_id, countdown_s, reason,
+                   upload_id=upload_id, reason=reason)
+
+
 def republished(count: int) -> None:
     metrics.record_republished(count)
 

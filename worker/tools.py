@@ -2,18 +2,47 @@
 
 Every way such a tool can go wrong maps to a SanitizeError code, so a hung or crashing ffmpeg ends
 one job and never the worker.
+
+ffmpeg reads its inputs and outputs as URLs: a file called ``tcp:127.0.0.1:9000``,
+``concat:a.mp4|b.mp4`` or ``subfile,,start,0,end,0,,:other.mp4`` would make it connect somewhere or
+read another file. So every path given to a tool here goes through ``tool_url`` (``file:`` and
+absolute, whatever the file is called), every input is opened with ``-protocol_whitelist file``
+and, where the caller knows it, a forced demuxer (``-f mov``, ``-f ogg``…), so that a playlist or a
+concat script can never be sniffed into a demuxer that opens other files. ``-enable_drefs`` stays
+off for QuickTime (a reference movie's data references are refused by the box walk before any tool
+runs). An input that still asks a tool for another protocol is ``unsupported_format``.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 from worker.errors import SanitizeError
 from worker.formats.base import Limits
+
+
+# tool starts in this process, by tool name: what the tests count to keep a format's runs minimal
+STARTS: Counter[str] = Counter()
+# inputs may be read through the file protocol only (not tcp, http, concat, subfile, crypto, data…)
+INPUT_PROTOCOLS = "file"
+
+
+def tool_url(path: Path) -> str:
+    """``path`` as an ffmpeg URL that can only mean that local file."""
+    return "file:" + os.path.abspath(path)
+
+
+def input_args(path: Path, demuxer: str | None = None) -> list[str]:
+    """The options and ``-i`` for reading ``path`` and nothing else."""
+    forced = ["-f", demuxer] if demuxer else []
+    return [*forced, "-protocol_whitelist", INPUT_PROTOCOLS, "-i", tool_url(path)]
 
 
 def _cap_memory(limit: int):
@@ -35,6 +64,7 @@ def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.Comple
     exe = shutil.which(args[0])
     if exe is None:
         raise SanitizeError("tool_failed", f"{args[0]} is not installed")
+    STARTS[args[0]] += 1
     try:
         proc = subprocess.run([exe, *args[1:]], capture_output=True, timeout=limits.timeout_s,
                               preexec_fn=_cap_memory(limits.memory_bytes), stdin=subprocess.DEVNULL)
@@ -50,17 +80,119 @@ def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.Comple
         if "error while loading shared libraries" in stderr:
             # the tool could not even start under the cap: a setting of ours, not the upload's fault
             raise SanitizeError("tool_failed", f"{what}: {args[0]} cannot start under its {cap} memory cap: {tail}")
+        if "not on whitelist" in stderr or "Protocol not found" in stderr:
+            # the input asked the tool to open another file or a URL: a reference, never media
+            raise SanitizeError("unsupported_format", f"{what}: the input refers to other files or URLs: {tail}")
         if "Cannot allocate memory" in stderr:
             raise SanitizeError("too_large", f"{what}: the input needs more than the {cap} memory cap")
         raise SanitizeError("corrupt", f"{what}: {args[0]} could not read the input: {tail}")
     return proc
 
 
-def ffprobe(path: Path, limits: Limits) -> dict:
+def ffprobe(path: Path, limits: Limits, demuxer: str | None = None) -> dict:
     """ffprobe's JSON of format, streams and chapters."""
     proc = run_tool(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-                     "-show_chapters", str(path)], limits, what="probing")
+                     "-show_chapters", *input_args(path, demuxer)], limits, what="probing")
     try:
         return json.loads(proc.stdout or b"{}")
     except json.JSONDecodeError:
         raise SanitizeError("corrupt", "ffprobe gave no readable description of the input") from None
+
+
+def stream_copy_args(src: Path, dst: Path, *, demuxer: str | None, muxer: str, indexes: list[int],
+                     options: dict[str, str] | None = None) -> list[str]:
+    """ffmpeg arguments copying the streams ``indexes`` of ``src`` (packets untouched) into a new
+    ``dst`` written by ``muxer``: no metadata, no chapters, ffmpeg's name and times left out."""
+    args = ["ffmpeg", "-nostdin", "-v", "error", *input_args(src, demuxer)]
+    for index in indexes:
+        args += ["-map", f"0:{index}"]
+    args += ["-c", "copy", "-map_metadata", "-1", "-map_metadata:s", "-1", "-map_chapters", "-1",
+             "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
+    for key, value in (options or {}).items():
+        args += [f"-{key}", value]
+    return [*args, "-f", muxer, "-y", tool_url(dst)]
+
+
+# decoder messages that are no damage: ffmpeg's AMR decoders call every NO_DATA frame (the silence
+# phones write during pauses, DTX) corrupt; AMR has no checksum, amr.py walks its frames itself
+BENIGN_DECODER_ERRORS = re.compile(r"^\[amr(?:nb|wb) @ 0x[0-9a-f]+\] (?:Corrupt bitstream|Encountered a bad or corrupted frame)$")
+FOLLOW_UP = "Error while decoding stream"
+# the QuickTime demuxer's word for a sample whose bytes lie past the end of a file cut short
+PARTIAL_SAMPLE = re.compile(r"^\[mov,mp4,m4a,3gp,3g2,mj2 @ 0x[0-9a-f]+\] stream \d+, offset 0x[0-9a-f]+: partial file$")
+
+
+def _decode_errors(stderr: str, cut_short: bool = False) -> list[str]:
+    """ffmpeg's error lines, without the benign ones and the follow-up line each of those causes
+    (and, for a file known to be cut short, without the samples past its end)."""
+    errors, skip_follow_up = [], False
+    for line in stderr.strip().splitlines():
+        if cut_short and PARTIAL_SAMPLE.match(line.strip()):
+            continue
+        if BENIGN_DECODER_ERRORS.match(line.strip()):
+            skip_follow_up = True
+            continue
+        if skip_follow_up and line.startswith(FOLLOW_UP):
+            skip_follow_up = False
+            continue
+        errors.append(line)
+    return errors
+
+
+# the decode sample: this many seconds from the start, the middle and the end of the file (a
+# file shorter than three of them is decoded whole)
+SAMPLE_SECONDS = 2.0
+
+
+def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
+                  indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False) -> None:
+    """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the first, middle and
+    last ``SAMPLE_SECONDS`` (three inputs of the same file, each seeked and cut), or the whole file
+    when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
+    Any error the demuxers or decoders log fails the check: raises ``corrupt`` when the media
+    cannot be decoded. Neither ``-xerror`` nor ``-err_detect``: with them decoders also fail
+    frames that are no error (AMR's NO_DATA frames of silence); containers' own checksums (Ogg
+    pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to decode
+    (those a rebuild keeps), else every video and audio stream. ``cut_short``: the file is known
+    to end before its sample tables do; the samples past its end are not counted as damage."""
+    if duration is None:
+        seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
+    elif duration <= 3 * SAMPLE_SECONDS:
+        seeks = [[]]
+    else:
+        seeks = [["-ss", f"{start:.3f}", "-t", f"{SAMPLE_SECONDS:.3f}"]
+                 for start in (0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0))]
+    args = ["ffmpeg", "-nostdin", "-v", "error"]
+    for seek in seeks:
+        args += [*seek, *input_args(path, demuxer)]
+    for i in range(len(seeks)):
+        maps = [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]
+        for stream in maps:
+            args += ["-map", stream]
+    args += ["-f", "null", "-"]
+    try:
+        proc = run_tool(args, limits, what=what)
+    except SanitizeError as e:
+        if e.code == "corrupt":
+            raise SanitizeError("corrupt", f"{what}: the media does not decode: {e.message}") from None
+        raise
+    stderr = "\n".join(_decode_errors(proc.stderr.decode("utf-8", "replace"), cut_short))
+    if stderr:
+        # -v error prints only errors: a decoder that conceals a damaged frame still says so
+        raise SanitizeError("corrupt", f"{what}: the media does not decode cleanly: {stderr.splitlines()[0][:300]}")
+
+
+def probe_duration(probe: dict) -> float:
+    """The container's duration in seconds from an ffprobe description; 0 when it gives none."""
+    try:
+        return max(float((probe.get("format") or {}).get("duration") or 0), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def decode_findings(path: Path, probe: dict, limits: Limits, demuxer: str | None = None) -> list[str]:
+    """The verifier's decode of a copy (``decode_sample``) as findings: empty when it decodes."""
+    try:
+        decode_sample(path, limits, duration=probe_duration(probe), demuxer=demuxer, what="decoding the copy")
+    except SanitizeError as e:
+        return [f"the copy does not decode: {e.message}"]
+    return []

@@ -5,6 +5,12 @@ contents (frame type, quality bit) and a payload whose length the frame type fix
 nowhere to put a tag, so the copy is the same magic and the same frames, validated one by one;
 whatever follows the last whole frame (a cut-off frame, bytes appended by another program) is
 dropped. Multichannel AMR ("#!AMR_MC1.0") is not supported. ``locate`` finds nothing.
+
+AMR has no sync code and no checksum: almost any byte can start a valid frame, so text appended to
+a voice note (an HTML page, an XML sidecar) would read as frames of speech. The walk therefore also
+ends at the first frame that is all printable text (speech payloads never are: 31 coded bytes all
+in 0x20..0x7E happen about once in 10^13 frames), and at a tag signature (ID3, TAG, APETAGEX);
+everything from there on is dropped.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import SanitizeError, too_large, truncated
-from worker.formats.av.audio_inspect import mapped_file, reader_findings
+from worker.formats.av.audio_inspect import check_frames_decode, mapped_file, reader_findings
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -43,6 +49,16 @@ def locate(path: Path, limits: Limits) -> Found:
     return Found()
 
 
+TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+TAG_SIGNATURES = (b"ID3", b"TAG", b"APETAGEX")
+
+
+def _looks_appended(data, pos: int, size: int) -> bool:
+    """Whether the frame at ``pos`` is really the start of something appended: text or a tag."""
+    frame = bytes(data[pos:pos + size])
+    return (size >= 6 and set(frame) <= TEXT) or frame.startswith(TAG_SIGNATURES)
+
+
 def frames_end(data, variant: Variant) -> tuple[int, int]:
     """(offset just past the last valid whole frame, number of frames)."""
     pos, count = len(variant.magic), 0
@@ -51,6 +67,8 @@ def frames_end(data, variant: Variant) -> tuple[int, int]:
         size = variant.frame_bytes.get((toc >> 3) & 0x0F)
         # the TOC's first and last two bits are padding and must be zero
         if toc & 0x83 or size is None or pos + size > len(data):
+            break
+        if _looks_appended(data, pos, size):
             break
         pos, count = pos + size, count + 1
     return pos, count
@@ -70,6 +88,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         removed = (f"data after the last whole frame ({len(data) - end} bytes)",) if end < len(data) else ()
         with open(dst, "wb") as out:
             out.write(data[:end])
+    check_frames_decode(dst, limits, count * FRAME_SECONDS)
     return Rebuilt(format="amr", media_type="audio/amr", extension=".amr", removed=removed)
 
 

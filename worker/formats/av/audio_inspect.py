@@ -67,7 +67,7 @@ def ffprobe_findings(path: Path, *, codec_type: str = "audio") -> list[str]:
     Every stream tag is a finding, ``encoder`` included: ffmpeg reports the encoder named in an
     MP3's LAME extension that way, and mp3.py blanks that extension, so a clean copy has none.
     """
-    from worker.tools import ffprobe
+    from worker.tools import decode_findings, ffprobe
 
     try:
         probe = ffprobe(path, INSPECT_LIMITS)
@@ -91,7 +91,22 @@ def ffprobe_findings(path: Path, *, codec_type: str = "audio") -> list[str]:
             findings.append(f"ffprobe finds tags {sorted(extra)} on stream {index}")
     if probe.get("chapters"):
         findings.append(f"ffprobe finds {len(probe['chapters'])} chapters")
-    return findings
+    return findings + decode_findings(path, probe, INSPECT_LIMITS)
+
+
+def check_frames_decode(copy: Path, limits: Limits, duration: float | None = None) -> None:
+    """The rebuild's check of the input: an audio copy holds the upload's frames byte for byte, so
+    when a decode sample of the copy fails, the upload's audio is broken (``corrupt``), and the
+    verifier's own decode keeps meaning "our rebuild is wrong". Run on the copy, not the input,
+    so that junk after the last frame (which the copy no longer holds) cannot fail it."""
+    from worker.tools import decode_sample
+
+    try:
+        decode_sample(copy, limits, duration=duration, what="checking the upload's audio")
+    except SanitizeError as e:
+        if e.code == "corrupt":
+            raise SanitizeError("corrupt", f"the upload's audio frames do not decode: {e.message}") from None
+        raise
 
 
 def reader_findings(path: Path, file_type: type | None) -> list[str]:

@@ -2,9 +2,11 @@
 
 Three looks, each listing what it finds outside the allow-list:
 - our own box walk: no metadata boxes, at most one ``vide`` and one ``soun`` track, zeroed times,
-  no media in other files; ``free``/``skip``/``wide`` space and mdat bytes no track reads must be
+  no media in other files, only known ``ftyp`` brands, only sample tables in ``stbl``, no string
+  in a ``dref`` entry, no encoder vendor or version in a sample entry (but ffmpeg's own 'FFMP'); ``free``/``skip``/``wide`` space and mdat bytes no track reads must be
   zero (a neutralised copy turns what it drops into zeroed ``free`` boxes, and zeroes unused media);
-- ffprobe: no tags beyond technical ones, no data/subtitle/attachment streams, no chapters;
+- ffprobe: no tags beyond technical ones, no data/subtitle/attachment streams, no chapters; then
+  ffmpeg decodes a sample of the kept streams (start, middle, end) without a single error;
 - mutagen's MP4 reader: no tags at all.
 """
 from __future__ import annotations
@@ -13,10 +15,10 @@ from pathlib import Path
 
 from worker.errors import SanitizeError
 from worker.formats.base import Limits
-from worker.formats.walkers.boxes import (ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_ranges, dref_is_external,
-                                  file_size, header_times, read_payload, sample_entry_children, sample_entry_types,
+from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_ranges,
+                                  dref_entries, dref_is_external, file_size, iter_boxes, header_times, read_payload, sample_entry_children, sample_entry_types,
                                   walk)
-from worker.tools import ffprobe
+from worker.tools import decode_findings, ffprobe
 
 TOP_LEVEL = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"})
 # ffmpeg's mp4 muxer always writes an empty udta/meta(hdlr mdir)/ilst: allowed while it stays empty
@@ -25,12 +27,19 @@ FORBIDDEN = {b"keys": "mdta keys", b"\xa9xyz": "©xyz",
              b"loci": "loci", b"uuid": "uuid", b"XMP_": "XMP", b"chpl": "chapters", b"tref": "track reference",
              b"cprt": "copyright", b"titl": "title", b"auth": "author", b"gps ": "gps", b"CNTH": "vendor"}
 TIMED = frozenset({b"mvhd", b"tkhd", b"mdhd"})
+# what a sample table may hold: the tables themselves and nothing else (no vendor box, no text)
+STBL_CHILDREN = frozenset({b"stsd", b"stts", b"ctts", b"cslg", b"stss", b"stps", b"stsc", b"stsz", b"stz2",
+                           b"stco", b"co64", b"sdtp", b"sbgp", b"sgpd", b"free"})
+REFERENCES = frozenset({b"rmra", b"rmda", b"rdrf"})
+# the vendor code ffmpeg's QuickTime muxer writes in a sample entry, the same in every copy
+FFMPEG_VENDOR = b"FFMP"
 TRACK_HANDLERS = frozenset({b"vide", b"soun"})
 FORMAT_TAGS = frozenset({"major_brand", "minor_version", "compatible_brands"})
 STREAM_TAGS = frozenset({"handler_name", "vendor_id", "language"})
 HANDLER_NAMES = frozenset({"VideoHandler", "SoundHandler", "DataHandler", ""})
 SPACE = frozenset({b"free", b"skip", b"wide"})
 BLOCK = 1 << 20
+DEMUXER = "mov"
 
 
 def nonzero_bytes(f, start: int, end: int) -> bool:
@@ -61,6 +70,51 @@ def unused_media_findings(f, size: int, mdats: list[Box], stbls: list[Box]) -> l
         if pos < m.end and nonzero_bytes(f, pos, m.end):
             findings.append(f"mdat at {m.start} holds bytes no track reads ({pos}..{m.end})")
     return findings[:3]
+
+
+def vendor_field(entry: Box, handler: bytes) -> tuple[int, int] | None:
+    """The byte range of a video or sound sample entry's encoder version, revision and vendor code
+    (QuickTime: 'appl' and its version; ISO calls them reserved), or None for other entries.
+    A sound entry's version says its layout, so only its revision and vendor are included."""
+    if entry.header != 8 or entry.end - entry.start < 24:
+        return None
+    if handler == b"vide":
+        return entry.start + 16, entry.start + 24
+    if handler == b"soun":
+        return entry.start + 18, entry.start + 24
+    return None
+
+
+def vendor_findings(f, stsd: Box, handler: bytes, where: str) -> list[str]:
+    findings = []
+    for entry in iter_boxes(f, stsd.payload_start + 8, stsd.end):
+        span = vendor_field(entry, handler)
+        if span is None:
+            continue
+        f.seek(span[0])
+        field = f.read(span[1] - span[0])
+        if field.strip(b"\0") and field[-4:] != FFMPEG_VENDOR or field[:-4].strip(b"\0"):
+            findings.append(f"{where} {entry.name} entry names an encoder vendor or version {field!r}")
+    return findings
+
+
+def dref_findings(payload: bytes, where: str) -> list[str]:
+    if dref_is_external(payload):
+        return [f"{where} points at media in other files"]
+    return [f"{where} entry holds a location string" for pos, size in dref_entries(payload)
+            if payload[pos + DREF_ENTRY_HEADER:pos + size].strip(b"\0")]
+
+
+def ftyp_findings(payload: bytes) -> list[str]:
+    from worker.formats.av.brands import known_av_brand
+
+    if len(payload) < 8 or len(payload) % 4:
+        return ["ftyp is not a whole number of brands"]
+    findings = [f"ftyp brand {payload[i:i + 4]!r} is not a known brand"
+                for i in (0, *range(8, len(payload), 4)) if not known_av_brand(payload[i:i + 4])]
+    if payload[4:6] != b"\0\0":
+        findings.append(f"ftyp minor version {payload[4:8]!r} is not a small number")
+    return findings
 
 
 def sample_entry_findings(f, stsd: Box, handler: bytes, where: str) -> list[str]:
@@ -102,8 +156,14 @@ def box_findings(path: Path) -> list[str]:
                 payload = read_payload(f, box, 4096)
                 handlers.append(payload[8:12])
                 handler = payload[8:12]
-            elif box.type == b"dref" and dref_is_external(read_payload(f, box, 1 << 20)):
-                findings.append(f"{where} points at media in other files")
+            elif box.type == b"dref":
+                findings += dref_findings(read_payload(f, box, 1 << 20), where)
+            elif box.type == b"ftyp" and not box_path:
+                findings += ftyp_findings(read_payload(f, box, 4096))
+            elif box.type in REFERENCES:
+                findings.append(f"reference movie box {where}")
+            elif box_path[-1:] == (b"stbl",) and box.type not in STBL_CHILDREN:
+                findings.append(f"unknown box {where} in a sample table")
             elif box.type == b"mdat" and not box_path:
                 mdats.append(box)
             elif box.type == b"stbl":
@@ -112,6 +172,7 @@ def box_findings(path: Path) -> list[str]:
                 if set(sample_entry_types(f, box)) & ENCRYPTED_ENTRIES:
                     findings.append(f"{where} describes encrypted (DRM) samples")
                 findings += sample_entry_findings(f, box, handler, where)
+                findings += vendor_findings(f, box, handler, where)
         findings += unused_media_findings(f, size, mdats, stbls)
     if any(h not in TRACK_HANDLERS for h in handlers):
         findings.append(f"tracks other than video and sound: {sorted(h.decode('latin-1') for h in handlers)}")
@@ -122,7 +183,7 @@ def box_findings(path: Path) -> list[str]:
 
 
 def ffprobe_findings(path: Path) -> list[str]:
-    probe = ffprobe(path, Limits())
+    probe = ffprobe(path, Limits(), DEMUXER)
     findings = [f"container tag {k}" for k in (probe.get("format") or {}).get("tags") or {} if k not in FORMAT_TAGS]
     if probe.get("chapters"):
         findings.append(f"{len(probe['chapters'])} chapters")
@@ -139,7 +200,7 @@ def ffprobe_findings(path: Path) -> list[str]:
         findings += [f"{label} tag {k}" for k in tags if k not in STREAM_TAGS]
         if "handler_name" in tags and tags["handler_name"] not in HANDLER_NAMES:
             findings.append(f"{label} handler name {tags['handler_name']!r}")
-    return findings
+    return findings + decode_findings(path, probe, Limits(), DEMUXER)
 
 
 def mutagen_findings(path: Path) -> list[str]:

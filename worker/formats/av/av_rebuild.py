@@ -6,6 +6,12 @@ left behind. Packets are copied untouched; ``bitexact`` keeps ffmpeg from writin
 and creation times; the display matrix (rotation) travels as stream side data and is checked.
 
 When ffmpeg cannot copy a file, the lossless fallback below neutralises its boxes in place instead.
+
+Before any copy: the box walk refuses reference movies (``rmra``, external ``dref`` entries) as
+``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; one ffmpeg
+run decodes a sample of the kept streams (start, middle, end), so a broken input is ``corrupt``
+here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe and the decode
+sample on the input, the remux and a probe of the copy (then the verifier's probe and decode).
 """
 from __future__ import annotations
 
@@ -14,21 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import ffmpeg
-
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
-from worker.formats.av.av_inspect import inspect_copy
+from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, vendor_field
+from worker.formats.av.brands import known_av_brand
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
-from worker.formats.walkers.boxes import (ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_offsets, chunk_ranges,
-                                  dref_is_external, file_size, header_times, iter_boxes, read_payload,
-                                  sample_entry_children, sample_entry_types, walk)
-from worker.tools import ffprobe, run_tool
+from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box,
+                                          chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size,
+                                          header_times, iter_boxes, media_extent, read_payload, sample_entry_children,
+                                          sample_entry_types, walk)
+from worker.tools import decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
 # boxes that hold metadata; named in the report when the source had them
 METADATA_BOXES = {b"udta": "udta", b"meta": "meta", b"keys": "mdta keys", b"ilst": "ilst tags",
                   b"\xa9xyz": "©xyz location", b"loci": "3GPP loci", b"uuid": "uuid box (XMP or vendor)",
                   b"XMP_": "XMP", b"chpl": "Nero chapters"}
 MAX_SAMPLE_TABLE = 64 << 20
+# a reference movie's media is other movies named by URL or alias (rmra/rmda/rdrf); never fetched
+REFERENCE_BOXES = frozenset({b"rmra", b"rmda", b"rdrf"})
+DEMUXER = "mov"            # ffmpeg's demuxer for the whole family (mov, mp4, m4a, 3gp, 3g2)
 
 
 @dataclass(frozen=True)
@@ -77,27 +86,39 @@ class Source:
 
     metadata: frozenset[str]       # names of the metadata boxes it holds
     media_missing: bool            # some sample tables point past the end of the file
+    trailing: int = 0              # bytes after the last whole top-level box
 
 
 def structure_report(src: Path) -> Source:
     """Walk the source: its metadata boxes, whether media data is missing; refuse reference movies."""
     found: set[str] = set()
-    missing = False
+    missing = present = False
     with open(src, "rb") as f:
-        size = file_size(f)
+        whole = file_size(f)
+        size = media_extent(f, whole)
         for _, box in walk(f, 0, size):
             if box.type in METADATA_BOXES:
                 found.add(METADATA_BOXES[box.type])
             elif box.type in (b"stco", b"co64"):
-                offsets = chunk_offsets(read_payload(f, box, MAX_SAMPLE_TABLE), box.type == b"co64")
+                offsets = list(chunk_offsets(read_payload(f, box, MAX_SAMPLE_TABLE), box.type == b"co64"))
                 missing = missing or any(offset >= size for offset in offsets)
+                present = present or any(offset < size for offset in offsets)
+            elif box.type in REFERENCE_BOXES:
+                raise unsupported("a QuickTime reference movie: its media lives in other files or at URLs")
             elif box.type == b"dref" and dref_is_external(read_payload(f, box, MAX_SAMPLE_TABLE)):
                 # a QuickTime reference movie: the frames are other files, named by path in an alias
                 raise unsupported("the movie's media data lives in other files (a QuickTime reference movie)")
             elif box.type == b"stsd" and set(sample_entry_types(f, box)) & ENCRYPTED_ENTRIES:
                 # nobody can play it without the buyer's key, and its sinf names the buyer's account
                 raise unsupported("the media is encrypted (DRM)")
-    return Source(frozenset(found), missing)
+    if missing and not present:
+        # every chunk lies past the end: the file was cut before its first sample, or made up
+        raise corrupt("the sample tables point past the end of the file (no chunk lies inside it)")
+    if missing:
+        found.add("samples past the end of the file (the upload was cut short)")
+    if size < whole:
+        found.add(f"{whole - size} bytes after the last box")
+    return Source(frozenset(found), missing, whole - size)
 
 
 MUXINGS = {
@@ -121,17 +142,10 @@ def _muxing_for(name: str, has_video: bool) -> Muxing:
 
 
 def remux_args(src: Path, dst: Path, muxing: Muxing, indexes: list[int]) -> list[str]:
-    source = ffmpeg.input(str(src))
-    options = {
-        "c": "copy", "f": muxing.muxer,
-        "map_metadata": -1, "map_metadata:s": -1, "map_chapters": -1,
-        "fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact",
-        "movflags": "+faststart",
-    }
+    options = {"movflags": "+faststart"}
     if muxing.brand:
         options["brand"] = muxing.brand
-    out = ffmpeg.output(*[source[str(i)] for i in indexes], str(dst), **options)
-    return out.global_args("-nostdin", "-v", "error").overwrite_output().compile()
+    return stream_copy_args(src, dst, demuxer=DEMUXER, muxer=muxing.muxer, indexes=indexes, options=options)
 
 
 def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict | None, dict | None],
@@ -149,7 +163,7 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
             # a muxer refusing a codec exits non-zero like a bad input does; the next one may take it
             if e.code != "corrupt" or attempt == len(targets) - 1:
                 raise
-    copy_video, copy_audio = pick_streams(ffprobe(dst, limits))
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER))
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
         # ffmpeg writes a stream only once it has a packet of it: none means no frame was readable
         raise corrupt("ffmpeg could not copy every kept stream (no readable frames)")
@@ -166,11 +180,17 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     (``wave``/``frma``, ``chan``) that readers show as tags, and MP4 plays everywhere.
     """
     source = structure_report(src)
-    probe = ffprobe(src, limits)
+    probe = ffprobe(src, limits, DEMUXER)
     check_limits(probe, limits)
     video, audio = pick_streams(probe)
     if video is None and audio is None:
         raise unsupported("no video or audio stream to keep")
+    # a broken input is refused here, so that a copy that does not decode is our fault alone
+    # (a file cut short: ffmpeg says "partial file" for each sample past its end, which the copy
+    # leaves out; the copy is decoded again by the verifier, whole samples only)
+    decode_sample(src, limits, duration=probe_duration(probe), demuxer=DEMUXER,
+                  indexes=[s["index"] for s in (video, audio) if s is not None], what="checking the input",
+                  cut_short=source.media_missing)
     try:
         target = _remux(targets, src, dst, (video, audio), limits)
     except SanitizeError as refusal:
@@ -193,17 +213,18 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
 
 # --- the lossless fallback: neutralise the boxes in place -------------------------------------
 #
-# When ffmpeg cannot stream-copy a file (no readable frame: a file cut short whose sample tables
-# point past its end; a codec no muxer takes), the copy is the file itself with every box outside
-# the allow-list below turned into a zeroed ``free`` box of the same size. Nothing moves, so every
-# size and chunk offset stays valid; the times in mvhd/tkhd/mdhd, the handler and compressor names
-# are zeroed; mdat bytes that no kept track uses (a dropped timed-metadata or chapter track's
-# samples, leftovers) are zeroed too.
+# When ffmpeg cannot stream-copy a file (a codec no muxer takes), the copy is the file itself with
+# every box outside the allow-list below turned into a zeroed ``free`` box of the same size. Nothing
+# moves, so every size and chunk offset stays valid. Every byte the allow-list keeps but does not
+# understand is neutralised too: the times in mvhd/tkhd/mdhd, the handler and compressor names,
+# the encoder vendor and version of each sample entry ('appl', 'FFMP'), the ``ftyp`` (reduced to
+# brands we know, minor version zero), each ``dref`` entry's location string (a self-contained
+# entry needs none), any box in ``stbl`` that is not a sample table; mdat bytes that no kept track
+# uses (a dropped timed-metadata or chapter track's samples, leftovers) are zeroed; bytes after the
+# last box are cut off. The verifier (``av_inspect``) reads each of these places again.
 #
-# Such a copy may play little or nothing: its upload did not hold the frames. It is still the
-# upload, minus everything that names a place, person, device or time, and ffprobe opens it; the
-# agency gets what the citizen sent, and the original stays restricted. So it is sanitized, not
-# rejected, when and only when the verifier's own walk (``av_inspect``) finds it clean.
+# Inputs are checked before this: sample tables that put every chunk past the end of the file are
+# ``corrupt``, and a decode sample of the input must pass; the copy must pass the verifier's decode.
 
 KEEP_TOP = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"})
 BLANK_TOP = frozenset({b"free", b"skip", b"wide"})      # kept as they are, payload zeroed
@@ -212,8 +233,9 @@ KEEP_CHILDREN = {
     b"trak": frozenset({b"tkhd", b"edts", b"mdia"}),
     b"edts": frozenset({b"elst"}),
     b"mdia": frozenset({b"mdhd", b"hdlr", b"minf"}),
-    b"minf": frozenset({b"vmhd", b"smhd", b"dinf", b"stbl"}),   # stbl is kept whole
+    b"minf": frozenset({b"vmhd", b"smhd", b"dinf", b"stbl"}),
     b"dinf": frozenset({b"dref"}),
+    b"stbl": STBL_CHILDREN,        # sample tables only: an unknown box in stbl is a free box
 }
 TIMED = frozenset({b"mvhd", b"tkhd", b"mdhd"})
 KEPT_TRACKS = (b"vide", b"soun")
@@ -228,6 +250,7 @@ class Plan:
     zero: list[tuple[int, int]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     tracks: list[tuple[bytes, Box]] = field(default_factory=list)    # kept (handler, stbl)
+    patch: list[tuple[int, bytes]] = field(default_factory=list)      # bytes rewritten in place (ftyp brands)
 
     def drop(self, box: Box, label: str | None = None) -> None:
         self.blank.append(box)
@@ -258,8 +281,14 @@ def _plan_box(f: BinaryIO, box: Box, handler: bytes, plan: Plan) -> None:
         plan.zero.append((box.payload_start + 4, box.payload_start + 4 + width))
     elif box.type == b"hdlr" and box.payload_size > 24:
         plan.zero.append((box.payload_start + 24, box.end))       # the handler's name
-    elif box.type == b"dref" and dref_is_external(read_payload(f, box, MAX_SAMPLE_TABLE)):
-        raise unsupported("the movie's media data lives in other files (a QuickTime reference movie)")
+    elif box.type == b"dref":
+        payload = read_payload(f, box, MAX_SAMPLE_TABLE)
+        if dref_is_external(payload):
+            raise unsupported("the movie's media data lives in other files (a QuickTime reference movie)")
+        # a self-contained entry needs no location: whatever string follows its flags is emptied
+        for pos, size in dref_entries(payload):
+            if size > DREF_ENTRY_HEADER:
+                plan.zero.append((box.payload_start + pos + DREF_ENTRY_HEADER, box.payload_start + pos + size))
     elif box.type == b"stbl":
         plan.tracks.append((handler, box))
         _plan_sample_entries(f, box, handler, plan)
@@ -276,16 +305,18 @@ def _plan_sample_entries(f: BinaryIO, stbl: Box, handler: bytes, plan: Plan) -> 
     for child in sample_entry_children(f, stsd, handler):
         if child.type not in SAMPLE_ENTRY_BOXES:
             plan.drop(child, f"{child.name} in the sample description")
-    if handler == b"vide":
-        for entry in iter_boxes(f, stsd.payload_start + 8, stsd.end):
-            if entry.header == 8 and entry.end - entry.start >= COMPRESSOR_NAME[1]:
-                plan.zero.append((entry.start + COMPRESSOR_NAME[0], entry.start + COMPRESSOR_NAME[1]))
+    for entry in iter_boxes(f, stsd.payload_start + 8, stsd.end):
+        vendor = vendor_field(entry, handler)
+        if vendor is not None:
+            plan.zero.append(vendor)           # the encoder's vendor code and version ('appl', 'FFMP'…)
+        if handler == b"vide" and entry.header == 8 and entry.end - entry.start >= COMPRESSOR_NAME[1]:
+            plan.zero.append((entry.start + COMPRESSOR_NAME[0], entry.start + COMPRESSOR_NAME[1]))
 
 
 def plan_neutralise(f: BinaryIO) -> Plan:
     """Decide, by allow-list, what neutralising the open file changes. Reads only; raises
     SanitizeError when the file's structure or sample tables do not hold together."""
-    size = file_size(f)
+    size = media_extent(f, file_size(f))
     plan = Plan()
     mdats: list[Box] = []
     for box in iter_boxes(f, 0, size):
@@ -293,6 +324,8 @@ def plan_neutralise(f: BinaryIO) -> Plan:
             plan.drop(box)
         elif box.type in BLANK_TOP:
             plan.zero.append((box.payload_start, box.end))
+        elif box.type == b"ftyp":
+            plan.patch += _known_brands(read_payload(f, box, 4096), box.payload_start)
         elif box.type == b"mdat":
             mdats.append(box)
         elif box.type == b"moov":
@@ -312,6 +345,20 @@ def plan_neutralise(f: BinaryIO) -> Plan:
     kept = sorted(r for _, stbl in plan.tracks for r in chunk_ranges(f, stbl, size))
     plan.zero += _unused_media(kept, mdats)
     return plan
+
+
+def _known_brands(ftyp: bytes, at: int) -> list[tuple[int, bytes]]:
+    """Rewrites reducing an ``ftyp`` to brands we know (each unknown one becomes the major brand, so
+    nothing moves) with a zero minor version: brands are four free bytes each, readers show them."""
+    if len(ftyp) < 8 or len(ftyp) % 4:
+        raise corrupt("ftyp box is not a whole number of brands")
+    brands = [ftyp[i:i + 4] for i in range(8, len(ftyp), 4)]
+    major = ftyp[:4] if known_av_brand(ftyp[:4]) else next((b for b in brands if known_av_brand(b)), None)
+    if major is None:
+        raise unsupported("the ftyp box names no brand of a video or audio file")
+    patch = [(at, major + bytes(4))]
+    patch += [(at + 8 + 4 * i, major) for i, brand in enumerate(brands) if not known_av_brand(brand)]
+    return patch
 
 
 def _unused_media(kept: list[tuple[int, int]], mdats: list[Box]) -> list[tuple[int, int]]:
@@ -358,6 +405,9 @@ def apply_plan(path: Path, plan: Plan) -> None:
             _zero(f, box.start + _size_header(box), box.end)
         for start, end in plan.zero:
             _zero(f, start, end)
+        for at, data in plan.patch:
+            f.seek(at)
+            f.write(data)
 
 
 def neutralise_fallback(name: str, src: Path, dst: Path, refusal: SanitizeError, source: Source,
@@ -379,11 +429,14 @@ def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[
     with open(src, "rb") as f:
         plan = plan_neutralise(f)
     shutil.copyfile(src, dst)
+    if source.trailing:
+        with open(dst, "r+b") as f:
+            f.truncate(file_size(f) - source.trailing)
     apply_plan(dst, plan)
     findings = inspect_copy(dst)
     if findings:
         raise corrupt("the copy would still hold " + "; ".join(findings[:5]))
-    copy_video, copy_audio = pick_streams(ffprobe(dst, limits))
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER))
     video, audio = streams
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
         raise corrupt("ffprobe does not see the kept streams in the copy")

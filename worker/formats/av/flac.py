@@ -6,14 +6,26 @@ carry its own EXIF GPS) in PICTURE, anything else in APPLICATION and CUESHEET bl
 also put an ID3v2 tag in front and ID3v1 or APEv2 behind. The copy is rebuilt block by block: the
 frames are copied byte for byte, and SEEKTABLE offsets stay right because they count from the
 first frame. FLAC has no standard place for a location, so ``locate`` finds nothing.
+
+The frames are walked, not trusted to run to the end of the file: each frame header is found by
+its sync code and checked by its CRC-8 and by its frame (or sample) number following the one
+before; the walk stops at the last frame (STREAMINFO's sample count, or the last header in
+sequence), whose end is where its CRC-16 closes. Every other frame must close with its CRC-16 exactly where the next one starts
+(bytes inserted between two frames would otherwise ride along inside the first). Whatever follows goes, whatever it looks like:
+an ID3v2 tag appended without a footer, an HTML page, an APE or ID3v1 tag. The verifier walks the
+copy's frames the same way and requires the last one to end at the end of the file.
 """
 from __future__ import annotations
 
+import functools
+import re
 import struct
+import sys
+from array import array
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.av.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
@@ -26,8 +38,165 @@ KEPT_BLOCKS = (STREAMINFO, SEEKTABLE)
 STREAMINFO_SIZE = 34
 SEEKPOINT_SIZE = 18
 LAST_BLOCK = 0x80
-# a frame header starts with the 14-bit sync 0b11111111111110, a reserved 0 bit and the blocking bit
-FRAME_SYNCS = (b"\xff\xf8", b"\xff\xf9")
+
+
+# --- the frame walk ----------------------------------------------------------------------------
+
+def _crc8_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+        table.append(crc)
+    return table
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x8005) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+        table.append(crc)
+    return table
+
+
+CRC8, CRC16 = _crc8_table(), _crc16_table()
+
+
+@functools.lru_cache(maxsize=1)
+def _crc16_word_table() -> array:
+    """CRC-16 of every 16-bit word: the frame check then takes one step per two bytes."""
+    table = array("H", bytes(2 * 65536))
+    for word in range(65536):
+        crc = CRC16[word >> 8]
+        table[word] = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ (word & 0xFF)]
+    return table
+
+
+def frame_crc16(frame: bytes) -> int:
+    """FLAC's CRC-16 (polynomial 0x8005, initial 0) of ``frame``: 0 over a whole frame, its own
+    CRC included."""
+    words = array("H", frame[:len(frame) & ~1])
+    if sys.byteorder == "little":
+        words.byteswap()
+    table = _crc16_word_table()
+    crc = 0
+    for word in words:
+        crc = table[crc ^ word]
+    if len(frame) & 1:
+        crc = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ frame[-1]]
+    return crc
+MAX_FRAME = 1 << 22          # a frame never exceeds 65535 samples x 8 channels x 32 bits (2 MiB); with room
+FIXED_BLOCK_SIZES = {1: 192, 2: 576, 3: 1152, 4: 2304, 5: 4608, **{c: 256 << (c - 8) for c in range(8, 16)}}
+TRAILERS = (b"ID3", b"TAG", b"APETAGEX")
+# where a frame header can start: the sync code, then a block size code other than 0 and a sample
+# rate code other than 15 (frame_header checks the rest, CRC-8 included)
+HEADER_START = re.compile(b"\\xff[\\xf8\\xf9][" + b"".join(re.escape(bytes([c])) for c in range(0x10, 0x100)
+                                                if c & 15 != 15) + b"]")     # what usually follows the last frame when anything does
+
+
+def frame_header(data, pos: int) -> tuple[int, int, int] | None:
+    """(header length, coded number, block size) of a valid frame header at ``pos``, else None:
+    the sync code, no reserved value, a well-formed coded number and a matching CRC-8."""
+    head = bytes(data[pos:pos + 16])
+    if len(head) < 6 or head[0] != 0xFF or head[1] & 0xFE != 0xF8:
+        return None
+    size_code, rate_code = head[2] >> 4, head[2] & 15
+    channels, sample_size = head[3] >> 4, (head[3] >> 1) & 7
+    if size_code == 0 or rate_code == 15 or channels > 10 or sample_size == 3 or head[3] & 1:
+        return None
+    first, at = head[4], 5
+    extra = next((n for n, mask in enumerate((0x80, 0xE0, 0xF0, 0xF8, 0xFC, 0xFE, 0xFF))
+                  if first & mask == (mask << 1) & 0xFF), None)
+    if extra is None:
+        return None
+    number = first & (0x7F >> extra) if extra else first
+    for _ in range(extra):
+        if at >= len(head) or head[at] & 0xC0 != 0x80:
+            return None
+        number = number << 6 | head[at] & 0x3F
+        at += 1
+    if size_code in (6, 7):
+        width = size_code - 5
+        block = int.from_bytes(head[at:at + width], "big") + 1
+        at += width
+    else:
+        block = FIXED_BLOCK_SIZES[size_code]
+    at += {12: 1, 13: 2, 14: 2}.get(rate_code, 0)
+    if at >= len(head):
+        return None
+    crc = 0
+    for byte in head[:at]:
+        crc = CRC8[crc ^ byte]
+    if crc != head[at]:
+        return None
+    return at + 1, number, block
+
+
+def _next_header(data, pos: int, end: int, expect: tuple[bool, int] | None) -> tuple[int, int, int] | None:
+    """(offset, number, block size) of the first valid header in ``[pos, end)`` that follows the
+    previous frame's numbering (``expect``: variable blocking, the number it must carry)."""
+    while True:
+        found = HEADER_START.search(data, pos, end)
+        if found is None:
+            return None
+        pos = found.start()
+        header = frame_header(data, pos)
+        if header is not None:
+            variable = bool(data[pos + 1] & 1)
+            if expect is None or (variable, header[1]) == expect:
+                return pos, header[1], header[2]
+        pos += 1
+
+
+def _frame_end(data, start: int, header_len: int) -> int | None:
+    """Where the frame at ``start`` ends: a point its CRC-16 (over the whole frame, itself included)
+    closes. The end of the file or a known trailer is preferred to an earlier chance match."""
+    limit = min(len(data), start + MAX_FRAME)
+    crc = 0
+    first = None
+    block = bytes(data[start:limit])
+    for i, byte in enumerate(block):
+        crc = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ byte]
+        if crc == 0 and i + 1 >= header_len + 2:
+            end = start + i + 1
+            if end == len(data) or bytes(data[end:end + 8]).startswith(TRAILERS):
+                return end
+            first = first or end
+    return first
+
+
+def walk_frames(data, start: int, total_samples: int, max_frame: int = MAX_FRAME) -> tuple[int, int]:
+    """(end of the last whole frame, number of frames) of the frames from ``start``; ``corrupt``
+    when no frame header starts there, a frame other than the last fails its CRC-16, or the only
+    frame does not close. A last frame cut off by the end of the file is left out."""
+    header = frame_header(data, start)
+    if header is None:
+        raise corrupt("the FLAC metadata is not followed by a valid frame header")
+    pos, (length, number, block) = start, header
+    variable = bool(data[start + 1] & 1)
+    samples, frames = (number if variable else number * block) + block, 1
+    while not total_samples or samples < total_samples:
+        expect = (variable, samples if variable else number + 1)
+        # a frame is never longer than MAX_FRAME: the search for the next one stops there
+        found = _next_header(data, pos + length, min(len(data), pos + max_frame), expect)
+        if found is None:
+            break
+        if frame_crc16(bytes(data[pos:found[0]])):
+            # damage, or bytes inserted between two frames (which would ride along in the copy)
+            raise corrupt(f"the FLAC frame at byte {pos} fails its CRC-16 check")
+        pos, number, block = found
+        length = frame_header(data, pos)[0]
+        samples, frames = samples + block, frames + 1
+    end = _frame_end(data, pos, length)
+    if end is None:
+        if frames == 1:
+            raise corrupt(f"the only FLAC frame (at byte {pos}) does not close with its CRC-16")
+        # the file was cut inside its last frame: the frame before it closed where this one starts
+        return pos, frames - 1
+    return end, frames
 
 
 def _skip_id3(data) -> int:
@@ -77,6 +246,37 @@ def _check_streaminfo(data, blocks, limits: Limits) -> None:
         raise too_large(f"{total_samples / sample_rate:.0f} s of audio is over the limit of {limits.max_duration_s:.0f} s")
 
 
+def _total_samples(data, blocks) -> int:
+    start = blocks[0][1]
+    return struct.unpack(">Q", bytes(data[start + 10:start + 18]))[0] & (2**36 - 1)
+
+
+def _max_frame(data, blocks) -> int:
+    """How far to look for the next frame: twice STREAMINFO's largest frame (encoders round it), or
+    MAX_FRAME when it is unknown."""
+    start = blocks[0][1]
+    largest = int.from_bytes(bytes(data[start + 7:start + 10]), "big")
+    return min(2 * largest + 64, MAX_FRAME) if largest else MAX_FRAME
+
+
+def _duration(data, blocks) -> float | None:
+    start = blocks[0][1]
+    rate = struct.unpack(">Q", bytes(data[start + 10:start + 18]))[0] >> 44
+    total = _total_samples(data, blocks)
+    return total / rate if total and rate else None
+
+
+def _trailer_name(data, end: int) -> str:
+    trailing: list[str] = []
+    try:
+        peel_trailing_tags(data, len(data), trailing)
+    except SanitizeError:
+        pass
+    head = bytes(data[end:end + 3])
+    names = trailing + (["ID3v2"] if head == b"ID3" else [])
+    return f" ({', '.join(names)})" if names else ""
+
+
 def _block_header(block_type: int, length: int, last: bool) -> bytes:
     return bytes([block_type | (LAST_BLOCK if last else 0)]) + length.to_bytes(3, "big")
 
@@ -93,11 +293,12 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             removed.append("ID3v2 (before fLaC)")
         blocks, frames_start = read_blocks(data, start)
         _check_streaminfo(data, blocks, limits)
-        frames_end = peel_trailing_tags(data, len(data), removed)
-        if frames_end <= frames_start:
+        if frames_start >= len(data):
             raise truncated("the FLAC file has no audio frames")
-        if data[frames_start:frames_start + 2] not in FRAME_SYNCS:
-            raise corrupt("the FLAC metadata is not followed by an audio frame")
+        frames_end, _ = walk_frames(data, frames_start, _total_samples(data, blocks), _max_frame(data, blocks))
+        duration = _duration(data, blocks)
+        if frames_end < len(data):
+            removed.append(f"{len(data) - frames_end} bytes after the last frame{_trailer_name(data, frames_end)}")
         kept = [b for b in blocks if b[0] in KEPT_BLOCKS]
         if [b[0] for b in kept].count(STREAMINFO) != 1 or [b[0] for b in kept].count(SEEKTABLE) > 1:
             raise corrupt("FLAC metadata holds a repeated STREAMINFO or SEEKTABLE block")
@@ -112,6 +313,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                 out.write(_block_header(block_type, length, last=index == len(kept) - 1))
                 out.write(data[payload:payload + length])
             out.write(data[frames_start:frames_end])
+    check_frames_decode(dst, limits, duration)
     return Rebuilt(format="flac", media_type="audio/flac", extension=".flac", removed=tuple(removed))
 
 
@@ -125,14 +327,14 @@ def structure_findings(data) -> list[str]:
     for block_type, _, _ in blocks:
         if block_type not in KEPT_BLOCKS:
             findings.append(f"FLAC {BLOCK_NAMES.get(block_type, f'block type {block_type}')} block")
-    if data[frames_start:frames_start + 2] not in FRAME_SYNCS:
-        findings.append("the metadata is not followed by an audio frame")
-    trailing: list[str] = []
+    if not blocks or blocks[0][0] != STREAMINFO or blocks[0][2] != STREAMINFO_SIZE:
+        return findings + ["the copy does not start with a STREAMINFO block"]
     try:
-        peel_trailing_tags(data, len(data), trailing)
+        end, _ = walk_frames(data, frames_start, _total_samples(data, blocks), _max_frame(data, blocks))
     except SanitizeError as e:
-        trailing.append(f"a damaged tag ({e.message})")
-    findings += [f"{name} at the end" for name in trailing]
+        return findings + [f"the copy's frames cannot be walked: {e.message}"]
+    if end != len(data):
+        findings.append(f"{len(data) - end} bytes after the last frame")
     return findings
 
 

@@ -19,16 +19,9 @@ from worker.formats.base import Format
 from worker.formats.walkers.boxes import iter_boxes, read_payload, walk
 from worker.formats.av.mp4_location import locate
 
-# brands of still images (the heif module's) and other non-AV ISO-BMFF files: never ours
-IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
-                          b"mif2", b"msf1", b"avif", b"avis", b"avio", b"jpeg", b"jpgs", b"crx ", b"jp2 ",
-                          b"jpx ", b"jpm ", b"mjp2", b"mj2s", b"heif", b"miaf", b"vvic"})
-QUICKTIME_BRANDS = frozenset({b"qt  "})
-AUDIO_BRANDS = frozenset({b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "})
-MP4_BRANDS = frozenset({b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9",
-                        b"mp41", b"mp42", b"mp71", b"avc1", b"M4V ", b"M4VH", b"M4VP", b"MSNV", b"dash",
-                        b"f4v ", b"f4p ", b"mmp4", b"mp4v", b"XAVC", b"NDAS", b"ndas", b"caqv", b"CAEP"}) | AUDIO_BRANDS
-THREE_GPP2_BRANDS = frozenset({b"kddi", b"KDDI"})     # KDDI's 3GPP2 phones
+from worker.formats.av.brands import (AUDIO_BRANDS, IMAGE_BRANDS, MP4_BRANDS, QUICKTIME_BRANDS,  # noqa: F401
+                                         THREE_GPP2_BRANDS, THREE_GPP_PREFIXES)
+
 # QuickTime movies from before ftyp start straight with one of these atoms
 QUICKTIME_FIRST_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 
@@ -48,7 +41,7 @@ def _family(head: bytes) -> str | None:
         return None
     if major.startswith(b"3g2") or major in THREE_GPP2_BRANDS:
         return "3g2"
-    if major.startswith((b"3gp", b"3ge", b"3gs", b"3gr", b"3gt", b"3gh", b"3gm")):
+    if major.startswith(THREE_GPP_PREFIXES):
         return "3gp"
     if major in QUICKTIME_BRANDS:
         return "mov"

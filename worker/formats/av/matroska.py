@@ -26,7 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-import ffmpeg
 
 from worker.errors import SanitizeError, corrupt, truncated, unsupported
 from worker.formats.av.av_inspect import nonzero_bytes
@@ -34,7 +33,7 @@ from worker.formats.av.av_rebuild import check_limits, pick_streams
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.av.ogg_video import probe_findings
 from worker.location import Found
-from worker.tools import ffprobe, run_tool
+from worker.tools import decode_findings, decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 EBML, SEGMENT, CLUSTER, VOID, CRC32 = 0x1A45DFA3, 0x18538067, 0x1F43B675, 0xEC, 0xBF
@@ -45,6 +44,7 @@ MAX_DEPTH = 8
 MAX_VALUE = 4096                # the longest string or integer element the walk reads
 # ffmpeg's name under bitexact: the muxer library, no version, the same in every copy
 MUXER_NAME = b"Lavf"
+DEMUXER = "matroska"        # ffmpeg's demuxer for Matroska and WebM
 DURATION_VALUE = re.compile(rb"\d{2}:\d{2}:\d{2}\.\d{9}\Z")
 
 # every element an agency copy may hold: id -> (name, children when it is a master element, else None)
@@ -230,11 +230,7 @@ def check_segment(src: Path) -> None:
 
 
 def remux_args(src: Path, dst: Path, muxing: Muxing, indexes: list[int]) -> list[str]:
-    source = ffmpeg.input(str(src))
-    options = {"c": "copy", "f": muxing.muxer, "map_metadata": -1, "map_metadata:s": -1, "map_chapters": -1,
-               "fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact"}
-    out = ffmpeg.output(*[source[str(i)] for i in indexes], str(dst), **options)
-    return out.global_args("-nostdin", "-v", "error").overwrite_output().compile()
+    return stream_copy_args(src, dst, demuxer=DEMUXER, muxer=muxing.muxer, indexes=indexes)
 
 
 def removed_items(probe: dict, kept: set[int]) -> list[str]:
@@ -254,12 +250,14 @@ def removed_items(probe: dict, kept: set[int]) -> list[str]:
 
 def rebuild_with(name: str, src: Path, dst: Path, limits: Limits) -> Rebuilt:
     check_segment(src)
-    probe = ffprobe(src, limits)
+    probe = ffprobe(src, limits, DEMUXER)
     check_limits(probe, limits)
     video, audio = pick_streams(probe)
     if video is None:
         raise unsupported("no video stream to keep (audio-only Matroska is not supported)")
     kept = [s for s in (video, audio) if s is not None]
+    decode_sample(src, limits, duration=probe_duration(probe), demuxer=DEMUXER,
+                  indexes=[s["index"] for s in kept], what="checking the input")
     targets = TARGETS[name]
     for attempt, target in enumerate(targets):
         muxing = MUXINGS[target]
@@ -270,7 +268,7 @@ def rebuild_with(name: str, src: Path, dst: Path, limits: Limits) -> Rebuilt:
             # the WebM muxer refuses codecs outside WebM's list the same way ffmpeg refuses bad input
             if e.code != "corrupt" or attempt == len(targets) - 1:
                 raise
-    copy_video, copy_audio = pick_streams(ffprobe(dst, limits))
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER))
     if copy_video is None or (copy_audio is None) != (audio is None):
         raise corrupt("ffmpeg could not copy every kept stream (no readable frames)")
     return Rebuilt(format=muxing.name, media_type=muxing.media_type, extension=muxing.extension,
@@ -335,14 +333,14 @@ def inspect(path: Path) -> list[str]:
     """Findings on an agency copy; empty when it is clean. Never raises for a bad copy."""
     try:
         findings = element_findings(path)
-        probe = ffprobe(path, Limits())
+        probe = ffprobe(path, Limits(), DEMUXER)
     except SanitizeError as e:
         return [f"the copy does not read back: {e.code}: {e.message}"]
     findings += probe_findings(probe, format_tags=frozenset({"encoder"}), stream_tags=frozenset({"DURATION"}))
     encoder = ((probe.get("format") or {}).get("tags") or {}).get("encoder")
     if encoder not in (None, MUXER_NAME.decode()):
         findings.append(f"container encoder tag {encoder!r}")
-    return findings
+    return findings + decode_findings(path, probe, Limits(), DEMUXER)
 
 
 def _format(name: str, extensions: tuple[str, ...]) -> Format:

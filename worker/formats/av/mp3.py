@@ -16,10 +16,20 @@ privacy trade we choose, the gapless-playback trim: players no longer cut the en
 samples of leading silence and the padding at the end (ffmpeg then reports a start time of 0
 instead of 0.025 s; the duration is unchanged, and no audio frame changes).
 
-Not blanked: LAME also pads the ancillary data of audio frames with its own name ("LAME3.99.3UUU",
-often in the last frames). Those bytes are inside audio frames, no tag reader (ExifTool, ffprobe,
-mutagen) reports them, and finding them safely means following Layer III's bit reservoir across
-frames; zeroing them would also change the packets. A known gap, stated here.
+Ancillary bits, decided: copied as they are. Layer III frames may end with ancillary data, bits
+after the frame's audio that no decoder reads; LAME fills them with its own name and version
+("LAME3.99.5UUU…"). The agency copy keeps every audio frame byte for byte (the packets of copy and
+upload are identical, which is what lets the verifier and the corpus check prove that no audio
+changed), so these bits travel too. They are not a place any device, app or tag reader puts
+metadata: no reader (ExifTool, ffprobe, mutagen) shows them, encoders write only their own name
+there, and a file crafted to carry text there could carry it in the audio samples just as well,
+which no sanitizer removes. Zeroing them would mean following Layer III's bit reservoir across
+frames and would change the packets. So "frames unchanged" wins over scrubbing bits no device
+writes personal data into.
+
+The scan is linear and bounded: after junk it resumes at the next place a frame or a tag could
+start (one forward search, never a search to the end per step), and once the audio has started, a
+long run of junk or thousands of false syncs in a row end it (the rest is dropped, unread).
 
 MP3 has no standard place for a location, and ID3's TDRC/TYER is a release date, not a capture
 time, so ``locate`` finds nothing.
@@ -27,11 +37,12 @@ time, so ``locate`` finds nothing.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -52,15 +63,20 @@ ID3V1_SIZE = 128
 ID3V1_EXTENDED_SIZE = 227          # "TAG+" block written before an ID3v1 tag
 APE_FOOTER_SIZE = 32
 LYRICS3_V1_MAX = 5100 + 11 + 9     # LYRICSBEGIN + up to 5100 bytes + LYRICSEND
-# frames at the start that must be followed by another frame to count (the header frame and the
-# first audio frame: a cut-and-pasted file can hold a stray sync between them)
-CONFIRMED_FRAMES = 3
 # the side information (bytes after the 4-byte frame header, before a Xing/Info tag) by [MPEG-1?][mono?]
 _SIDE_INFO = {(True, False): 32, (True, True): 17, (False, False): 17, (False, True): 9}
 XING_MARKERS = (b"Xing", b"Info")
 VBRI_OFFSET = 4 + 32               # Fraunhofer's VBRI tag sits at a fixed place whatever the mode
 VBRI_FIELDS = 26                   # "VBRI", version, delay, quality, bytes, frames, TOC entries, scale, entry size, frames per entry
 LAME_EXTENSION_SIZE = 36           # encoder string (9) ... tag CRC: what follows the Xing fields
+# where a frame or a tag could start: the resync points after junk. A frame header is the 11 sync
+# bits, a version other than 01, a layer other than 00 (second byte), then a bitrate index other
+# than 0 and 15 (third byte); frame_header checks the rest.
+RESYNC = re.compile(rb"\xff[\xe2-\xe7\xf2-\xf7\xfa-\xff][\x10-\xef]|ID3|APETAGEX")
+# after the audio has started, a run of non-audio this long, or this many false syncs in a row,
+# ends it: the rest is dropped unread (the scan stays linear and short whatever follows the audio)
+MAX_JUNK_RUN = 256 * 1024
+MAX_FALSE_SYNCS = 4096
 # how far past the tags the first frame may start (some writers leave zero padding after ID3v2)
 FIRST_FRAME_SEARCH = 64 * 1024
 
@@ -165,6 +181,10 @@ def _confirmed(data, pos: int, end: int, header: FrameHeader) -> bool:
     return following is not None and following.same_stream(header)
 
 
+def _tag_at(data, pos: int) -> bool:
+    return id3v2_size(data, pos) is not None or data[pos:pos + 8] == b"APETAGEX"
+
+
 def accept(head: bytes) -> bool:
     pos = 0
     while (size := id3v2_size(head, pos)) is not None:
@@ -258,6 +278,7 @@ def scan(data, limits: Limits) -> Scan:
     samples = 0
     junk = 0
     kept = 0
+    false_syncs = 0
     pos = 0
     while pos < end:
         tag_size = id3v2_size(data, pos)
@@ -284,8 +305,10 @@ def scan(data, limits: Limits) -> Scan:
                     blanked.append((fields_end, end))
                 frames.append((pos, end))
                 break
-            # like ffmpeg, trust a sync near the start only when the next frame follows where it says
-            if kept >= CONFIRMED_FRAMES or _confirmed(data, pos, end, header):
+            # a frame counts only when the next frame (or a tag, or the end of the audio) follows
+            # where it says: a frame whose declared length runs into junk was cut by an insertion,
+            # and its bytes would carry the start of whatever was inserted
+            if _confirmed(data, pos, end, header) or _tag_at(data, pos + header.length):
                 fields_end = header_fields_end(data, pos, header, first=first is None)
                 if fields_end is not None and any(data[fields_end:pos + header.length]):
                     blanked.append((fields_end, pos + header.length))
@@ -297,13 +320,18 @@ def scan(data, limits: Limits) -> Scan:
                     frames.append((pos, pos + header.length))
                 samples += header.samples
                 pos += header.length
+                false_syncs = 0
                 continue
         if first is None and junk > FIRST_FRAME_SEARCH:
             raise unsupported(f"no MPEG audio frame within {FIRST_FRAME_SEARCH} bytes of the start of the audio")
-        # not a frame: junk between tags and frames, or damage; resync at the next candidate
-        candidates = [i for i in (data.find(b"\xff", pos + 1, end), data.find(b"ID3", pos + 1, end),
-                                  data.find(b"APETAGEX", pos + 1, end)) if i >= 0]
-        nxt = min(candidates) if candidates else end
+        # not a frame: junk between tags and frames, or damage; resync at the next place a frame or
+        # a tag could start, found by one forward search (never a search to the end per step)
+        found = RESYNC.search(data, pos + 1, end)
+        nxt = found.start() if found else end
+        false_syncs += 1
+        if first is not None and (nxt - pos > MAX_JUNK_RUN or false_syncs > MAX_FALSE_SYNCS):
+            junk += end - pos
+            break
         junk += nxt - pos
         pos = nxt
     if first is None:
@@ -343,6 +371,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                     start = blank[1]
                     blank = next(blanks, None)
                 out.write(data[start:stop])
+    check_frames_decode(dst, limits, result.samples / result.sample_rate)
     return Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3", removed=tuple(result.removed))
 
 

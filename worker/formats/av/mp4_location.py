@@ -7,17 +7,24 @@ Sources, each recorded on the Fix:
   ``...location.accuracy.horizontal`` and ``...creationdate``;
 - ``3gpp``: the ``loci`` box (16.16 fixed-point longitude, latitude, altitude);
 - ``xmp``: an XMP packet in a ``uuid`` box (Adobe's UUID), as editing tools write it; it outranks
-  the container boxes, as DESIGN.md's preference says.
+  the container boxes, as DESIGN.md's preference says;
+- ``gpmf``: GoPro's telemetry track (sample entry ``gpmd``): the first GPS fix of its first samples
+  (``gpmf``), read here because the copy drops the track.
+``locate_mp4`` reads an MP4 given as bytes or a path: the photo family calls it for the video
+inside a motion photo.
 Capture time: Apple's creationdate (it carries the local offset), else ``mvhd`` creation_time.
 """
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
 from worker.formats.base import Limits
-from worker.formats.walkers.boxes import Box, counted_entries, file_size, header_times, mac_epoch_iso, read_payload, walk
+from worker.formats.av.gpmf import first_fix
+from worker.formats.walkers.boxes import (Box, chunk_ranges, counted_entries, file_size, header_times, mac_epoch_iso,
+                                          media_extent, read_payload, sample_entry_types, walk)
 from worker.location import Found, NoFix, choose, found_from, parse_iso6709
 from worker.xmp import locate_in_xmp
 
@@ -28,6 +35,8 @@ KEY_ACCURACY = "com.apple.quicktime.location.accuracy.horizontal"
 KEY_CREATION = "com.apple.quicktime.creationdate"
 XMP_UUID = bytes.fromhex("BE7ACFCB97A942E89C71999491E3AFAC")
 MAX_XMP_BOX = 4 << 20
+MAX_GPMF_BYTES = 1 << 20        # the first samples of a telemetry track: a fix comes in the first seconds
+GPMF_ENTRY = b"gpmd"
 
 
 def udta_xyz_text(payload: bytes) -> str:
@@ -132,15 +141,21 @@ def _apple_mdta(f: BinaryIO, meta_boxes: dict[bytes, Box]) -> tuple[dict[str, ob
 
 def read_location(f: BinaryIO) -> Found:
     """Every fix and capture time in an open ISO-BMFF file, chosen by source preference."""
-    size = file_size(f)
+    size = media_extent(f, file_size(f))
     readings: list[Found] = []
     notes: list[str] = []
     mvhd_time: str | None = None
     apple_time: str | None = None
     metas: dict[int, dict] = {}      # meta box start -> {"keys": Box, "items": [(index, data Box)]}
     current_meta: int | None = None
+    telemetry: list[Box] = []        # the stbl of each GPMF track
+    stbl: Box | None = None
     for path, box in walk(f, 0, size):
         parent = path[-1] if path else b""
+        if box.type == b"stbl":
+            stbl = box
+        elif box.type == b"stsd" and stbl is not None and GPMF_ENTRY in sample_entry_types(f, box):
+            telemetry.append(stbl)
         if box.type == b"meta":
             current_meta = box.start
             metas[box.start] = {"items": []}
@@ -184,11 +199,36 @@ def read_location(f: BinaryIO) -> Found:
         created = values.get(KEY_CREATION)
         if isinstance(created, str) and apple_time is None:
             apple_time = _normalise_apple_date(created)
+    readings += [_gpmf_found(f, track, size) for track in telemetry]
     # same rank: the first wins, and Apple's keyed entry carries accuracy and altitude
     result = choose(keyed + readings)
     return Found(fix=result.fix, captured_at=apple_time or mvhd_time, notes=tuple(notes) + result.notes)
 
 
+def _gpmf_found(f: BinaryIO, stbl: Box, size: int) -> Found:
+    """The first GPS fix of a GPMF track, from its first chunks (at most MAX_GPMF_BYTES)."""
+    data = bytearray()
+    for start, end in chunk_ranges(f, stbl, size):
+        f.seek(start)
+        data += f.read(min(end - start, MAX_GPMF_BYTES - len(data)))
+        if len(data) >= MAX_GPMF_BYTES:
+            break
+    fix = first_fix(bytes(data))
+    if fix is None:
+        return Found(notes=("gpmf: no GPS fix in the first telemetry samples",))
+    return found_from(fix[0], fix[1], alt=fix[2], source="gpmf")
+
+
 def locate(path: Path, limits: Limits) -> Found:
     with open(path, "rb") as f:
+        return read_location(f)
+
+
+def locate_mp4(source: bytes | Path) -> Found:
+    """Every fix and capture time of an MP4/MOV given as its bytes (the video inside a motion
+    photo) or as a path. Raises SanitizeError (``truncated``, ``corrupt``, ``too_large``) when its
+    boxes do not hold together."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return read_location(io.BytesIO(bytes(source)))
+    with open(source, "rb") as f:
         return read_location(f)

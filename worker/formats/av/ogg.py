@@ -8,18 +8,24 @@ copy replaces that packet with an empty comment (empty vendor too: it names the 
 and drops the other FLAC metadata packets; mutagen rewrites the header pages and renumbers and
 re-checksums the pages that follow, whose audio packets and granule positions are untouched.
 
+Every page is checked before anything is built: its CRC (a page that fails it is ``corrupt``: Ogg
+readers drop such pages, so the copy would silently lose audio) and its sequence number (one more
+than the page before: a gap means lost or spliced pages). The copy ends with the last whole page;
+whatever follows it goes, but another page after damage is ``corrupt``, not silently cut off.
+
 Only a single logical stream of one of those codecs is accepted: Theora video, Speex, Skeleton
 tracks and chained or multiplexed files are ``unsupported_format``.
 """
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import mapped_file, reader_findings
+from worker.formats.av.audio_inspect import check_frames_decode, mapped_file, reader_findings
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -93,17 +99,47 @@ def locate(path: Path, limits: Limits) -> Found:
     return Found()
 
 
+# Ogg's CRC-32 (polynomial 0x04C11DB7, not reflected, no initial or final xor) computed with zlib's
+# reflected CRC-32 on bit-reversed bytes, so that checking every page stays C-speed
+_REVERSED_BITS = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+CRC_FIELD = slice(22, 26)
+
+
+def page_crc(page: bytes) -> int:
+    """The CRC-32 of one whole page as Ogg defines it (its CRC field taken as zero)."""
+    page = page[:CRC_FIELD.start] + bytes(4) + page[CRC_FIELD.stop:]
+    raw = zlib.crc32(page.translate(_REVERSED_BITS), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{raw:032b}"[::-1], 2)
+
+
+def check_page(data, page: Page, expected_sequence: int | None) -> int:
+    """Check one page's CRC and sequence number; returns its sequence number."""
+    raw = bytes(data[page.offset:page.offset + page.size])
+    (sequence, crc) = struct.unpack_from("<II", raw, 18)
+    if page_crc(raw) != crc:
+        raise corrupt(f"the Ogg page at byte {page.offset} fails its CRC check")
+    if expected_sequence is not None and sequence != expected_sequence:
+        raise corrupt(f"Ogg page sequence jumps from {expected_sequence - 1} to {sequence} at byte {page.offset}")
+    return sequence
+
+
 def _stream_extent(data) -> tuple[int, int]:
-    """(end of the last whole page, number of pages); raises for a second logical stream."""
-    serial, end, count = None, 0, 0
+    """(end of the last whole page, number of pages), every page checked; raises for a second
+    logical stream, a bad CRC, a gap in the sequence numbers and a page after damage."""
+    serial, end, count, sequence = None, 0, 0, None
     for page in iter_pages(data):
         if serial is None:
             serial = page.serial
         elif page.serial != serial or page.flags & BOS:
             raise unsupported("Ogg file with more than one logical stream (chained or multiplexed)")
+        sequence = check_page(data, page, None if sequence is None else sequence + 1)
         end, count = page.offset + page.size, count + 1
     if count == 0:
         raise truncated("no whole Ogg page")
+    # the last page may be cut off by the end of the file; any later page means damage in between
+    later = data.find(CAPTURE, end + (len(CAPTURE) if data[end:end + 4] == CAPTURE else 0))
+    if later >= 0:
+        raise corrupt(f"damaged Ogg data at byte {end}, followed by more pages")
     return end, count
 
 
@@ -140,6 +176,9 @@ def _read_headers(fileobj, codec: Codec):
             read += pages[-1].size
     except (OggError, EOFError, struct.error) as e:
         raise truncated(f"the Ogg header pages end early: {e}") from None
+    except ValueError as e:
+        # mutagen's packet assembly refuses pages out of sequence with a plain ValueError
+        raise corrupt(f"the Ogg header pages do not assemble: {e}") from None
     if len(packets) != wanted or not pages[-1].complete:
         raise unsupported("Ogg audio data shares a page with the header packets")
     return pages, packets
@@ -203,6 +242,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             if not page.complete and len(page.packets) == 1:
                 page.position = -1          # no packet ends on this page
         OggPage.replace(f, old_pages, new_pages)
+    check_frames_decode(dst, limits)
     return Rebuilt(format="ogg", media_type=codec.media_type, extension=codec.extension, removed=tuple(removed))
 
 

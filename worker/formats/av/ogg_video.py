@@ -24,15 +24,14 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ffmpeg
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
 from worker.formats.av.audio_inspect import mapped_file
 from worker.formats.av.av_rebuild import check_limits, pick_streams
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.av.ogg import BOS, CAPTURE, PAGE_HEADER, iter_pages
+from worker.formats.av.ogg import BOS, CAPTURE, PAGE_HEADER, check_page, iter_pages
 from worker.location import Found
-from worker.tools import ffprobe, run_tool
+from worker.tools import decode_findings, decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
 EOS = 0x04
 CONTINUED = 0x01
@@ -41,6 +40,7 @@ CONTINUED = 0x01
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 # the Ogg muxer's vendor string under ``bitexact``; an empty one is as clean
 VENDORS = frozenset({b"", b"ffmpeg"})
+DEMUXER = "ogg"
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ def walk(data) -> Walk:
     result = Walk(streams=[], end=0, size=len(data))
     data_seen = False
     for page in iter_pages(data):
+        check_page(data, page, None)      # a page failing its CRC is damage: readers drop it
         stream = streams.get(page.serial)
         if page.flags & BOS:
             if data_seen or stream is not None:
@@ -203,16 +204,12 @@ def check_source(src: Path, limits: Limits) -> list[str]:
 
 
 def remux_args(src: Path, dst: Path, indexes: list[int]) -> list[str]:
-    source = ffmpeg.input(str(src))
-    options = {"c": "copy", "f": "ogg", "map_metadata": -1, "map_metadata:s": -1, "map_chapters": -1,
-               "fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact"}
-    out = ffmpeg.output(*[source[str(i)] for i in indexes], str(dst), **options)
-    return out.global_args("-nostdin", "-v", "error").overwrite_output().compile()
+    return stream_copy_args(src, dst, demuxer=DEMUXER, muxer="ogg", indexes=indexes)
 
 
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     removed = check_source(src, limits)
-    probe = ffprobe(src, limits)
+    probe = ffprobe(src, limits, DEMUXER)
     check_limits(probe, limits)
     video, audio = pick_streams(probe)
     if video is None or video.get("codec_name") != "theora":
@@ -220,8 +217,10 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     if audio is not None and audio.get("codec_name") not in {c.name for c in KEPT_AUDIO}:
         raise unsupported(f"Ogg video with {audio.get('codec_name')} audio: only Vorbis and Opus are supported")
     kept = [s for s in (video, audio) if s is not None]
+    decode_sample(src, limits, duration=probe_duration(probe), demuxer=DEMUXER,
+                  indexes=[s["index"] for s in kept], what="checking the input")
     run_tool(remux_args(src, dst, [s["index"] for s in kept]), limits, what="remuxing")
-    copy_video, copy_audio = pick_streams(ffprobe(dst, limits))
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER))
     if copy_video is None or (copy_audio is None) != (audio is None):
         raise corrupt("ffmpeg could not copy every kept stream (no readable packets)")
     indexes = {s["index"] for s in kept}
@@ -304,13 +303,14 @@ def inspect(path: Path) -> list[str]:
     """Findings on an agency copy; empty when it is clean. Never raises for a bad copy."""
     try:
         findings = page_findings(path)
-        probe = ffprobe(path, Limits())
+        probe = ffprobe(path, Limits(), DEMUXER)
         findings += probe_findings(probe)
         _, audio = pick_streams(probe)
         codec = audio.get("codec_name") if audio else None
         if codec not in (None, *(c.name for c in KEPT_AUDIO)):
             findings.append(f"audio codec {codec}")
             codec = None
+        findings += decode_findings(path, probe, Limits(), DEMUXER)
         return findings + mutagen_findings(path, codec)
     except SanitizeError as e:
         return [f"the copy does not read back: {e.code}: {e.message}"]

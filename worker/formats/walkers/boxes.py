@@ -83,6 +83,23 @@ def iter_boxes(f: BinaryIO, start: int, end: int) -> Iterator[Box]:
         pos += size
 
 
+def media_extent(f: BinaryIO, size: int) -> int:
+    """Where the top-level boxes end: ``size``, or, when bytes that are no whole box follow a moov
+    and an mdat (something appended to a finished movie), the end of the last whole box before them.
+    The walks then read only up to there and the copy never holds what follows."""
+    seen: set[bytes] = set()
+    pos = 0
+    try:
+        for box in iter_boxes(f, 0, size):
+            seen.add(box.type)
+            pos = box.end
+    except SanitizeError:
+        if {b"moov", b"mdat"} <= seen:
+            return pos
+        raise
+    return size
+
+
 def children_start(f: BinaryIO, box: Box) -> int:
     """Where the children of a container box begin (skips the full-box header of ISO `meta`)."""
     if box.type != META:
@@ -267,10 +284,24 @@ def counted_entries(payload: bytes, *, what: str, min_size: int) -> Iterator[tup
         pos += size
 
 
+DREF_ENTRY_HEADER = 12      # size, type, version and flags of a data reference entry
+MAX_DREF_ENTRIES = 64
+
+
+def dref_entries(payload: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of each entry of a ``dref`` payload; a few at most (one per data source)."""
+    entries = []
+    for entry in counted_entries(payload, what="dref", min_size=DREF_ENTRY_HEADER):
+        entries.append(entry)
+        if len(entries) > MAX_DREF_ENTRIES:
+            raise corrupt(f"dref lists more than {MAX_DREF_ENTRIES} data references")
+    return entries
+
+
 def dref_is_external(payload: bytes) -> bool:
     """Whether a ``dref`` payload points at media in another file (an entry without the
     self-contained flag: a URL or a Mac alias, which also names folders and volumes)."""
-    return any(not payload[pos + 11] & 1 for pos, _ in counted_entries(payload, what="dref", min_size=12))
+    return any(not payload[pos + 11] & 1 for pos, _ in dref_entries(payload))
 
 
 # sample entries of encrypted (DRM) media: iTunes FairPlay and Common Encryption
