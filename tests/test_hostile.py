@@ -47,9 +47,6 @@ KNOWN: dict[str, tuple[str, str]] = {
     "generic/tiff-with_gps.cut-25pc.tiff": ("photo", "truncated TIFF: TypeError: Missing dimensions (internal)"),
     "generic/tiff-with_gps.cut-50pc.tiff": ("photo", "truncated TIFF: TypeError: Missing dimensions (internal)"),
     "generic/tiff-with_gps.cut-75pc.tiff": ("photo", "truncated TIFF: TypeError: Missing dimensions (internal)"),
-    "generic/flac-seed.trailer.flac": ("av", "FLAC frames not walked: text appended after the last frame is kept"),
-    "generic/trap-mp4-stco-past-end.mp4": ("av", "stco offsets past the end: the copy is published, ffmpeg cannot "
-                                                 "decode it"),
 }
 
 
