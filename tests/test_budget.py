@@ -142,3 +142,20 @@ def test_a_deadline_during_the_first_file_leaves_every_format_registered(slow_vi
         proc = subprocess.run([sys.executable, "-c", script, str(slow_video), str(tmp_path), seconds],
                               capture_output=True, text=True, timeout=300)
         assert proc.stdout.split() == ["timeout", "sanitized"], (seconds, proc.stdout + proc.stderr[-2000:])
+
+
+def test_tools_run_under_their_own_cap_not_the_process_budget():
+    """ffmpeg and ffprobe get the tool cap (an address-space limit); the process budget lowered in the
+    sanitizing process must not follow them into the child."""
+    script = (
+        "import sys\n"
+        "from worker.budget import limit_process_memory\n"
+        "from worker.formats.base import Limits\n"
+        "from worker.tools import run_tool\n"
+        "limit_process_memory(256 * 1024**2)\n"
+        "probe = 'import resource; print(*resource.getrlimit(resource.RLIMIT_DATA), *resource.getrlimit(resource.RLIMIT_AS))'\n"
+        "print(run_tool([sys.executable, '-c', probe], Limits(memory_bytes=3 * 1024**3), what='probe').stdout.decode())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    data_soft, data_hard, as_soft, as_hard = map(int, proc.stdout.split())
+    assert data_soft == data_hard and (data_soft == -1 or data_soft > 256 * 1024**2), proc.stdout
+    assert as_soft == as_hard == 3 * 1024**3

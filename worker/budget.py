@@ -15,7 +15,8 @@ is slow or hungry without breaking any single limit. These two budgets catch it:
   sanitizer reports as ``too_large`` naming this budget. ``RLIMIT_AS`` would be the wrong measure:
   thread stacks, malloc arenas and shared libraries reserve address space that is never used
   (a plain ``mediasan sanitize`` over the corpus peaks near 1 GiB of it with 400 MB resident).
-  Only the soft limit is lowered, so the ffmpeg children ``tools.py`` starts can set their own.
+  Only the soft limit is lowered: the ffmpeg children ``tools.py`` starts lift it back and run under
+  their own cap (``MEDIASAN_TOOL_MEMORY_BYTES``, an address-space limit).
 """
 from __future__ import annotations
 
