@@ -1,4 +1,4 @@
-"""Benchmark of sanitize_file per format, its peak memory, and `mediasan sanitize` over the corpus.
+"""Benchmark of sanitize_file per format, its peak memory, `mediasan sanitize` over the corpus, and side by side with the tools it replaces.
 
     bench/run [--quick] [--iterations N] [--formats jpeg,png,...] [--samples DIR] [--no-corpus]
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import samples
+from bench import samples, side_by_side
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -101,6 +101,16 @@ def shim_floor(shim: Path, folder: Path) -> int | None:
         return None
 
 
+def build_sample(name: str, sample_dir: Path) -> tuple[Path | None, str]:
+    """Build (or reuse) one sample in a process of its own: (path, "") or (None, why not)."""
+    # in a process of its own: a 12 MP picture in this process would raise every child's floor
+    built = subprocess.run([PYTHON, "-m", "bench.samples", name, str(sample_dir)], cwd=REPO,
+                           capture_output=True, text=True)
+    if built.returncode == 0 and built.stdout.strip():
+        return Path(built.stdout.strip().splitlines()[-1]), ""
+    return None, (built.stderr.strip().splitlines() or ["no output"])[-1]
+
+
 def bench_formats(names: list[str], iterations: int, sample_dir: Path, work: Path) -> tuple[list[dict], dict]:
     baseline = child("baseline").get("maxrss_kb", 0)
     shim = tool_shim_dir(work)
@@ -110,12 +120,8 @@ def bench_formats(names: list[str], iterations: int, sample_dir: Path, work: Pat
         _, _, description = samples.SAMPLES[name]
         row: dict = {"format": name, "sample": description}
         t0 = time.perf_counter()
-        # built in a process of its own: a 12 MP picture in this process would raise every child's floor
-        built = subprocess.run([PYTHON, "-m", "bench.samples", name, str(sample_dir)], cwd=REPO,
-                               capture_output=True, text=True)
-        src = Path(built.stdout.strip().splitlines()[-1]) if built.returncode == 0 and built.stdout.strip() else None
+        src, why = build_sample(name, sample_dir)
         if src is None:     # e.g. no HEIF encoder: skip the format, say why
-            why = (built.stderr.strip().splitlines() or ["no output"])[-1]
             row.update(status="skipped", error=f"sample not built: {why}")
             rows.append(row)
             console.print(f"[yellow]skip[/] {name}: {row['error']}")
@@ -157,8 +163,8 @@ def bench_corpus(work: Path) -> dict | None:
     column = header.index("relative_path")
     files = [CORPUS / line.split("\t")[column] for line in lines[1:] if line.strip()]
     files = [f for f in files if f.is_file()]
-    exe = Path(PYTHON).with_name("mediasan")
-    cmd = [str(exe)] if exe.exists() else [PYTHON, "-m", "worker.cli"]
+    # the console script's entry, from this checkout (the venv's `mediasan` may belong to another one)
+    cmd = side_by_side.MEDIASAN
     out = work / "corpus-out"
     t0 = time.perf_counter()
     proc = subprocess.run([*cmd, "sanitize", *map(str, files), "--out", str(out), "--json"], cwd=REPO,
@@ -240,13 +246,52 @@ def print_tables(rows: list[dict], corpus: dict | str | None, meta: dict, iterat
         console.print(f"\n[dim]corpus: {CORPUS} not present, skipped[/]")
 
 
+def print_side_by_side(result: dict, meta: dict) -> None:
+    console.print(f"\n[bold]side by side[/] (#10): whole processes, median of {result['cases'][0]['runs'] if result['cases'] else 0} "
+                  f"interleaved runs; ratio = mediasan / peer (above 1: mediasan slower); load average "
+                  f"{meta['loadavg_1m_before_after'][0]} before, {meta['loadavg_1m_before_after'][1]} after")
+    table = Table("case", "mediasan wall s", "CPU s", "peak MB", "exit", "peer", "wall s", "CPU s", "peak MB", "exit",
+                  "ratio wall", "ratio CPU", "ratio peak")
+    for case in result["cases"]:
+        ours = case["mediasan"]
+        mine = [f"{ours['wall_s']:.3f}", f"{ours['cpu_s']:.3f}", f"{ours['peak_mb']:.0f}",
+                ",".join(map(str, ours["exit"]))]
+        if not case["peers"]:
+            table.add_row(case["case"], *mine, "[dim]no peer installed[/]", *[""] * 7)
+        for i, peer in enumerate(case["peers"]):
+            table.add_row(case["case"] if i == 0 else "", *(mine if i == 0 else [""] * 4), peer["peer"],
+                          f"{peer['wall_s']:.3f}", f"{peer['cpu_s']:.3f}", f"{peer['peak_mb']:.0f}",
+                          ",".join(map(str, peer["exit"])),
+                          f"{peer['ratio_wall']:.2f}x", f"{peer['ratio_cpu']:.2f}x", f"{peer['ratio_peak']:.2f}x")
+    console.print(table)
+    console.print("[dim]exit: the exit statuses seen (mediasan exits 1 when any input is rejected, e.g. the corpus's "
+                  "truncated JPEGs)[/]")
+    for note in result["notes"]:
+        console.print(f"[dim]{note}[/]")
+    if result.get("scaling"):
+        table = Table("file", "MB", "mediasan wall s", "CPU s", "peak MB", "ffmpeg -c copy wall s", "peak MB")
+        for row in result["scaling"]:
+            m, f = row["mediasan"], row["ffmpeg"]
+            status = "" if m["exit"] == 0 else f" [red](exit {m['exit']})[/]"
+            table.add_row(f"{row['format']} x{row['times']}", f"{row['bytes'] / MB:.0f}", f"{m['wall_s']:.2f}{status}",
+                          f"{m['cpu_s']:.2f}", f"{m['peak_kb'] / 1024:.0f}", f"{f['wall_s']:.2f}", f"{f['peak_kb'] / 1024:.0f}")
+        console.print("\n[bold]peak memory against size (video) and duration (audio)[/], one run each "
+                      "(x N = the sample concatenated N times by stream copy)")
+        console.print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", "-n", type=int, default=5, help="timed runs per format (default 5)")
-    parser.add_argument("--quick", action="store_true", help="one run per format")
+    parser.add_argument("--quick", action="store_true", help="one run per format, 3 interleaved runs a side-by-side case")
     parser.add_argument("--formats", default=",".join(samples.SAMPLES), help="comma-separated subset")
     parser.add_argument("--samples", type=Path, help="build samples here and reuse them next time (default: a temp folder)")
     parser.add_argument("--no-corpus", action="store_true", help=f"skip the run over {CORPUS}")
+    parser.add_argument("--only", choices=("formats", "side-by-side"), help="run one part (default: both)")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved runs per side-by-side case (default 5, --quick 3)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip peak memory against size and duration")
+    parser.add_argument("--install-peers", action="store_true",
+                        help="apt-get install the missing Debian peers (exiftool, jpegtran, heif-convert, mat2) first")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS.relative_to(REPO)})")
     args = parser.parse_args(argv)
     iterations = 1 if args.quick else max(1, args.iterations)
@@ -260,15 +305,32 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mediasan-bench-") as tmp:
         work = Path(tmp)
         sample_dir = args.samples or work / "samples"
-        rows, meta = bench_formats(names, iterations, sample_dir, work)
-        corpus = "skipped (--no-corpus)" if args.no_corpus else bench_corpus(work)
+        rows, meta = ([], {"baseline_rss_kb": None, "tool_shim_floor_kb": None}) if args.only == "side-by-side" \
+            else bench_formats(names, iterations, sample_dir, work)
+        corpus = "skipped (--no-corpus)" if args.no_corpus or args.only == "side-by-side" else bench_corpus(work)
+        side = None
+        if args.only != "formats":
+            install_notes = side_by_side.install_peers() if args.install_peers else []
+            built = {}
+            for name in ("jpeg", "heic", "mp4", "m4a", "mp3"):
+                path, why = build_sample(name, sample_dir)
+                if path is None:
+                    install_notes.append(f"{name} sample not built: {why}")
+                else:
+                    built[name] = path
+            side = side_by_side.run(built, sample_dir, work, 3 if args.quick else max(1, args.runs),
+                                    with_scaling=not args.no_scaling)
+            side["notes"] = install_notes + side["notes"]
     meta["machine"] = machine()
     # other work on the machine stretches wall times (CPU s does not move much): say how busy it was
     meta["loadavg_1m_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     meta["total_s"] = time.perf_counter() - started
     results = {"meta": meta, "iterations": iterations, "formats": rows, "corpus": corpus,
-               "worker_end_to_end": "not measured"}
-    print_tables(rows, corpus, meta, iterations)
+               "side_by_side": side, "worker_end_to_end": "not measured"}
+    if rows or args.only != "side-by-side":
+        print_tables(rows, corpus, meta, iterations)
+    if side is not None:
+        print_side_by_side(side, meta)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"\n[dim]wrote {args.json} in {meta['total_s']:.0f} s total[/]")

@@ -27,23 +27,49 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def own_redis(folder: Path):
+    """A redis-server of this test's own on a free port (other test runs on this machine flush the
+    shared one's database); the shared Redis when redis-server is not installed."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        require(REDIS_URL, 6379, "Redis")
+        yield REDIS_URL
+        return
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
 def redis_postgres_env(folder: Path):
     """(env, services) of a Redis + PostgreSQL deployment with the local store under ``folder``."""
     from worker.services import build_services
     from worker.settings import Settings
 
-    require(REDIS_URL, 6379, "Redis")
     require(POSTGRES_URL, 5432, "PostgreSQL")
-    database_url = fresh_postgres_schema(POSTGRES_URL)
-    env = {"MEDIASAN_DATA_DIR": str(folder / "data"), "MEDIASAN_BROKER_URL": REDIS_URL,
-           "MEDIASAN_DATABASE_URL": database_url}
-    services = build_services(Settings(_env_file=None, data_dir=folder / "data", broker_url=REDIS_URL,
-                                       database_url=database_url))
-    try:
-        yield env, services
-    finally:
-        services.engine.dispose()
-        drop_postgres_schema(database_url)
+    with own_redis(folder) as redis_url:
+        database_url = fresh_postgres_schema(POSTGRES_URL)
+        env = {"MEDIASAN_DATA_DIR": str(folder / "data"), "MEDIASAN_BROKER_URL": redis_url,
+               "MEDIASAN_DATABASE_URL": database_url}
+        services = build_services(Settings(_env_file=None, data_dir=folder / "data", broker_url=redis_url,
+                                           database_url=database_url))
+        try:
+            yield env, services
+        finally:
+            services.engine.dispose()
+            drop_postgres_schema(database_url)
 
 
 class Worker:

@@ -175,9 +175,14 @@ def test_truncated_input_is_rejected_or_sanitized_never_crashes(name, keep, buil
     (b"FORM\x00\x00\x00\x04AIFF", "truncated"),
     (b"#!AMR\n\x84", "truncated"),                                                # a frame type with no frame
     (b"#!AMR_MC1.0\n" + b"\0" * 8, "unsupported_format"),
-    (b"OggS\x00\x02" + b"\0" * 20 + b"\x01\x1e\x80theora" + b"\0" * 23, "truncated"),   # a video's headers cut short
+    (b"OggS\x00\x02" + b"\0" * 20 + b"\x01\x1e\x80theora" + b"\0" * 23, "corrupt"),     # a page failing its CRC
+    ("theora-headers-cut-short", "truncated"),   # a whole, valid page: a video's headers cut short
 ])
 def test_lying_or_empty_inputs_get_clear_codes(raw, code, tmp_path):
+    if raw == "theora-headers-cut-short":
+        from worker.formats.av.ogg import page_crc
+        page = b"OggS\x00\x02" + b"\0" * 20 + b"\x01\x1e\x80theora" + b"\0" * 23
+        raw = page[:22] + page_crc(page).to_bytes(4, "little") + page[26:]
     src = tmp_path / "input"
     src.write_bytes(raw)
     report = sanitize_file(src, tmp_path / "copy", LIMITS)

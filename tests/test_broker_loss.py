@@ -97,13 +97,38 @@ def wait_for_log(worker: WorkerProcess, needle: str, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def big_upload(services, folder: Path) -> str:
+    """A photo that takes the worker a second or more: long enough to lose the broker under it."""
+    from PIL import Image
+
+    path = folder / "big.jpg"
+    Image.frombytes("RGB", (4000, 3000), os.urandom(4000 * 3000 * 3)).save(path, "JPEG", quality=90)
+    return enqueue_file(path, services=services, complaint_id="311-big", agency="DOT")
+
+
+def wait_for_state(services, upload_id: str, state: str, worker: WorkerProcess, timeout_s: float) -> None:
+    from worker.intake import job_status
+
+    deadline = time.monotonic() + timeout_s
+    while job_status(services=services, upload_id=upload_id)["state"] != state:
+        assert worker.proc.poll() is None, f"the worker exited with {worker.proc.returncode}:\n{worker.log()}"
+        assert time.monotonic() < deadline, f"upload {upload_id} never {state}:\n{worker.log()}"
+        time.sleep(0.02)
+
+
 def test_a_worker_reconnects_after_its_broker_is_killed_and_restarted(tmp_path):
     with deployment_on_own_redis(tmp_path, worker_args=("--hostname", "lossy@%h")) as (redis, services, worker):
         before = [upload(services, tmp_path, n) for n in range(3)]
         assert all(wait_final(services, u, worker, timeout_s=60)["state"] == "done" for u in before)
 
+        # the broker dies while a task runs: its message is unacknowledged (late acks), which is what made
+        # Celery 5.7 + kombu 5.7 stop with AttributeError("'NoneType' object has no attribute 'hostname'")
+        in_flight = big_upload(services, tmp_path)
+        wait_for_state(services, in_flight, "processing", worker, timeout_s=60)
         redis.kill()
         wait_for_log(worker, "Cannot connect to redis", timeout_s=30)   # it noticed, and is retrying
+        # the running task finishes its work without the broker: the job row is the record
+        assert wait_final(services, in_flight, worker, timeout_s=60)["state"] == "done"
         redis.start()   # same port, empty: a broker restarted from nothing
 
         after = [upload(services, tmp_path, n) for n in range(3, 6)]
@@ -112,6 +137,35 @@ def test_a_worker_reconnects_after_its_broker_is_killed_and_restarted(tmp_path):
         log = worker.log_path.read_text(errors="replace")
         assert "lossy@" in log   # --hostname names the node
         assert "Unrecoverable error" not in log, log[-4000:]
+
+
+def test_a_channel_of_a_lost_connection_fails_with_a_connection_error_not_an_attribute_error(tmp_path):
+    """The state Celery 5.7 leaves after a broker loss with a task running: the connection collected
+    (its transport detached), a channel still holding the task's unacknowledged message. Closing the
+    channel restores that message, the finished task acknowledges it: both must fail as a lost broker
+    does (a connection error, which Celery and kombu handle), never with AttributeError, which stopped
+    the whole worker ("Unrecoverable error ... 'NoneType' object has no attribute 'hostname'")."""
+    from kombu import Connection, Exchange, Queue
+
+    from worker.app import guard_detached_redis_channels
+
+    guard_detached_redis_channels()
+    redis = OwnRedis(free_port(), tmp_path / "redis.log").start()
+    try:
+        connection = Connection(redis.url)
+        connection_errors = connection.connection_errors
+        queue = Queue("in-flight", Exchange("in-flight"), "in-flight")
+        with connection.Producer() as producer:
+            producer.publish({"upload_id": "x"}, exchange=queue.exchange, routing_key="in-flight", declare=[queue])
+        message = queue(connection.default_channel).get(no_ack=False)
+        assert message is not None
+    finally:
+        redis.kill()
+    connection._do_close_transport()   # what Connection.collect() leaves once the broker is gone
+
+    connection.close()   # closes the channel: restoring the unacked message fails quietly, as a connection error
+    with pytest.raises(connection_errors):
+        message.ack()    # the task finished: Celery logs "Couldn't ack" for a connection error and goes on
 
 
 def test_a_worker_whose_broker_stays_gone_exits_non_zero(tmp_path):

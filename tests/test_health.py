@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,6 @@ from tests.moto_s3 import moto_endpoint, s3_url  # noqa: F401  (fixture)
 from tests.ops_deployment import free_port, http_get, wait_http
 from tests.workerproc import POSTGRES_URL, drop_postgres_schema, fresh_postgres_schema, require
 from worker import records
-
-pytestmark = pytest.mark.services
 
 
 @contextlib.contextmanager
@@ -45,10 +44,23 @@ def database_url():
     drop_postgres_schema(url)
 
 
+def readiness(base: str, settled, timeout_s: float = 30) -> tuple[int, dict]:
+    """Poll /readyz (as a load balancer does) until ``settled(status, body)``: the first probe builds
+    the API's services and may outlast its 3 s deadline on a busy machine."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = http_get(f"{base}/readyz")
+        answer = (status, json.loads(body))
+        if settled(*answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.5)
+
+
 def closed_port_url() -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
 
 
+@pytest.mark.services
 def test_starts_and_says_which_dependency_is_down(tmp_path, moto_endpoint):
     """~8 s: the database URL names a closed port; then the store's buckets do not exist."""
     from worker.storage import open_store
@@ -59,7 +71,8 @@ def test_starts_and_says_which_dependency_is_down(tmp_path, moto_endpoint):
         status, body = http_get(f"{base}/readyz")
         assert status == 503
         checks = json.loads(body)["checks"]
-        assert checks["store"] == "ok" and checks["database"].startswith("failed: ")
+        # "failed: OperationalError", or "no answer within 3 s" on a machine too busy to try in time
+        assert checks["store"] == "ok" and checks["database"] != "ok"
         # a scrape still answers, saying the jobs could not be counted
         status, exposition = http_get(f"{base}/metrics")
         assert status == 200 and "mediasan_database_up 0.0" in exposition
@@ -67,11 +80,12 @@ def test_starts_and_says_which_dependency_is_down(tmp_path, moto_endpoint):
     require(POSTGRES_URL, 5432, "PostgreSQL")
     with serving(tmp_path / "b", {"MEDIASAN_DATABASE_URL": POSTGRES_URL,
                                   "MEDIASAN_STORAGE_URL": s3_url(moto_endpoint)}) as base:   # no buckets made
-        status, body = http_get(f"{base}/readyz")
+        status, body = readiness(base, lambda status, body: body["checks"]["database"] == "ok")
         assert status == 503
-        assert json.loads(body)["checks"] == {"database": "ok", "store": "failed: ClientError"}
+        assert body["checks"] == {"database": "ok", "store": "failed: ClientError"}
 
 
+@pytest.mark.services
 def test_ready_and_metrics_on_a_working_deployment(tmp_path, database_url, moto_endpoint):
     """~6 s: two received jobs, one done; requests to a route with an id, to no route, to the probes."""
     from sqlalchemy import create_engine
@@ -95,9 +109,8 @@ def test_ready_and_metrics_on_a_working_deployment(tmp_path, database_url, moto_
 
     with serving(tmp_path, {"MEDIASAN_DATABASE_URL": database_url, "MEDIASAN_STORAGE_URL": storage_url}) as base:
         assert http_get(f"{base}/healthz") == (200, '{"status":"ok"}')
-        status, body = http_get(f"{base}/readyz")
-        assert status == 200, body
-        assert json.loads(body) == {"status": "ready", "checks": {"database": "ok", "store": "ok"}}
+        status, body = readiness(base, lambda status, body: status == 200)
+        assert (status, body) == (200, {"status": "ready", "checks": {"database": "ok", "store": "ok"}})
         assert http_get(f"{base}/uploads/5e1f0c0ffee/media")[0] == 401
         assert http_get(f"{base}/uploads/another-id/media")[0] == 401
         assert http_get(f"{base}/no/such/route/7d3a")[0] == 404
@@ -115,3 +128,12 @@ def test_ready_and_metrics_on_a_working_deployment(tmp_path, database_url, moto_
     assert requests == {"/uploads/{upload_id}/media": 2, "unmatched": 1}
     assert found[("mediasan_api_requests_total", (("route", "/healthz"), ("status", "200")))] >= 1
     assert "5e1f0c0ffee" not in exposition and "another-id" not in exposition and "7d3a" not in exposition
+
+
+def test_a_fresh_embedded_deployment_is_ready_before_its_first_request(tmp_path):
+    """~3 s: nothing exists yet under the data folder; the probe itself opens (and creates) the
+    database, so a load balancer waiting for 200 does not wait for ever."""
+    with serving(tmp_path, {}) as base:
+        status, body = readiness(base, lambda status, body: status == 200)
+        assert status == 200, body
+    assert (tmp_path / "data" / "mediasan.sqlite3").exists()

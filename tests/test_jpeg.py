@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 from fixtures import jpeg as fx
 from tests.conftest import CORPUS, corpus_params, expected_fix
 from tests.readback import exiftool, sensitive_tags
+from worker import icc
 from worker.errors import SanitizeError
 from worker.formats.photo import jpeg
 from worker.formats.base import Limits, Rebuilt
@@ -55,7 +56,8 @@ def check_clean_copy(src: Path, report) -> None:
                    or k.startswith("XMP") for k in tags)
     assert out.read_bytes().endswith(b"\xff\xd9"), "nothing may follow EOI"
     if icc_of(src):
-        assert icc_of(out) == icc_of(src)
+        assert icc_of(out) == icc.rebuild(icc_of(src)), "the copy's profile is the rebuilt one"
+        assert icc.findings(icc_of(out)) == []
     assert jpeg.inspect(out) == []
 
 
@@ -117,9 +119,9 @@ def test_split_icc_is_kept_whole_and_in_order(tmp_path):
     assert len(chunks) >= 3
     copy = tmp_path / "copy.jpg"
     jpeg.rebuild(src, copy, LIMITS)
-    assert [s.payload for s in jpeg.walk(copy.read_bytes()).segments if s.marker == jpeg.APP2] \
-        == [s.payload for s in chunks]
-    assert icc_of(copy) == fx.big_icc_profile()
+    copied = [s.payload for s in jpeg.walk(copy.read_bytes()).segments if s.marker == jpeg.APP2]
+    assert [p[12:14] for p in copied] == [bytes((n, len(copied))) for n in range(1, len(copied) + 1)]
+    assert icc_of(copy) == icc.rebuild(fx.big_icc_profile())
 
 
 def test_progressive_file_has_several_scans_and_restarts(tmp_path):
@@ -164,20 +166,34 @@ def clean_jpeg(tmp_path) -> bytes:
 
 @pytest.mark.parametrize("mangle, code", [
     (lambda d: b"", "empty"),
-    (lambda d: d[: len(d) // 2], "truncated"),
-    (lambda d: d[:-2], "truncated"),
     (lambda d: d[:4] + b"\xff\xff", "truncated"),
     (lambda d: d[:2] + b"\xff\xe1\xff\xf0Exif\x00\x00", "truncated"),
     (lambda d: b"\x89PNG\r\n\x1a\n" + d, "corrupt"),
     (lambda d: b"\xff\xd8\xff" + b"\x89PNG\r\n\x1a\n" + bytes(64), "corrupt"),
-    (lambda d: d[:2] + b"\xff\xe0\x00\x01" + d[2:], "corrupt"),
-    (lambda d: d[:2] + b"\xff\xfe\x00\x04ab\x00\x00garbage" + d[2:], "corrupt"),
     (lambda d: b"\xff\xd8\xff\xfe\x00\x04ab\xff\xd9", "corrupt"),   # no frame, no scan
 ])
 def test_damaged_or_lying_inputs_are_rejected(mangle, code, clean_jpeg, tmp_path):
     report = _report(tmp_path, mangle(clean_jpeg))
     assert report.status == "rejected", report.as_json()
     assert report.error.code == code, report.error.as_dict()
+
+
+@pytest.mark.parametrize("mangle, why", [
+    (lambda d: d[: len(d) // 2], "ends inside its image data"),
+    (lambda d: d[:-2], "ends inside its image data"),
+    (lambda d: d[:2] + b"\xff\xe0\x00\x01" + d[2:], "declares length 1"),
+    (lambda d: d[:2] + b"\xff\xfe\x00\x04ab\x00\x00garbage" + d[2:], "expected a JPEG marker"),
+    (lambda d: d[:len(d) // 2] + b"\xff\x02" + d[len(d) // 2:], "invalid JPEG marker"),
+])
+def test_damaged_but_decodable_photos_are_salvaged(mangle, why, clean_jpeg, tmp_path):
+    """Real cameras write these (a cut, stray bytes, a bad marker in the scan): Pillow shows them, so
+    the agency gets a copy re-encoded from the pixels, verified by decoding, and says so."""
+    report = _report(tmp_path, mangle(clean_jpeg))
+    assert report.status == "sanitized", report.as_json()
+    assert report.as_json()["salvaged"] is True and why in report.as_json()["salvage_reason"]
+    assert jpeg.inspect(Path(report.output)) == []
+    with Image.open(report.output) as im:
+        assert im.size == (64, 48) and im.getexif() == {}
 
 
 def test_pixel_limit_from_the_frame_header(clean_jpeg, tmp_path):
@@ -219,11 +235,11 @@ def test_verifier_catches_planted_metadata(plant, tmp_path):
     fx.iptc_comment_jpeg(src)
     copy = tmp_path / "copy.jpg"
     rebuilt = jpeg.rebuild(src, copy, LIMITS)
-    verify_copy(copy, rebuilt)   # the honest copy passes
+    verify_copy(copy, rebuilt, src)   # the honest copy passes
     copy.write_bytes(PLANTS[plant](copy.read_bytes()))
     assert jpeg.inspect(copy) != []
     with pytest.raises(SanitizeError) as e:
-        verify_copy(copy, rebuilt)
+        verify_copy(copy, rebuilt, src)
     assert e.value.code == "verify_failed"
 
 
@@ -272,4 +288,65 @@ def test_damaged_variants_only_ever_raise_sanitize_errors(tmp_path):
             jpeg.inspect(copy)
         except SanitizeError as e:
             codes.add(e.code)
-    assert codes <= {"truncated", "corrupt", "too_large"} and "truncated" in codes
+    assert codes <= {"truncated", "corrupt", "too_large"}
+
+
+# --- the byte proof and the tables ---------------------------------------------------------------
+
+def test_verifier_proves_scans_by_bytes_and_refuses_a_changed_one(tmp_path):
+    """A copy whose scan differs by one byte decodes fine, but it is not the citizen's picture."""
+    src = tmp_path / "src.jpg"
+    fx.picture((64, 48)).save(src, "JPEG", quality=90)
+    copy = tmp_path / "copy.jpg"
+    rebuilt = jpeg.rebuild(src, copy, LIMITS)
+    verify_copy(copy, rebuilt, src)
+    data = bytearray(copy.read_bytes())
+    at = data.index(b"\xff\xda") + 40
+    data[at] = data[at] ^ 0x01 if data[at] not in (0xFE, 0xFF) and data[at] ^ 0x01 != 0xFF else 0x10
+    copy.write_bytes(bytes(data))
+    assert jpeg.inspect(copy) == []   # structurally clean: only the proof can tell
+    with pytest.raises(SanitizeError) as e:
+        verify_copy(copy, rebuilt, src)
+    assert e.value.code == "verify_failed" and "differs" in e.value.message
+
+
+def test_unused_tables_and_slack_are_not_copied(tmp_path):
+    """A fourth quantisation table no frame names, an unused Huffman table and slack after a DHT
+    table can carry anything: they are dropped, and the proof still shows the same tables in use."""
+    clean, src = tmp_path / "clean.jpg", tmp_path / "src.jpg"
+    fx.picture((64, 48)).save(clean, "JPEG", quality=90)
+    data = clean.read_bytes()
+    marker = b"MSCANARY-9e1c"
+    unused_dqt = _segment(0xDB, bytes([0x03]) + (marker * 5)[:64])
+    unused_dht = _segment(0xC4, bytes([0x13]) + bytes([0] * 15 + [len(marker)]) + marker + marker[:12])
+    src.write_bytes(data[:2] + unused_dqt + unused_dht + data[2:])
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized" and report.as_json()["salvaged"] is False
+    out = Path(report.output).read_bytes()
+    assert marker not in out
+    assert "unused quantisation tables or slack" in report.removed and "unused Huffman tables or slack" in report.removed
+    assert pixels(clean) == pixels(Path(report.output))   # libjpeg refuses the slack-laden input itself
+
+
+def test_impossible_table_headers_are_refused_before_the_rebuild(clean_jpeg, tmp_path):
+    """A frame naming a fifth quantisation table is broken input: corrupt (or salvaged), never verify_failed."""
+    data = bytearray(clean_jpeg)
+    sof = data.index(b"\xff\xc0")
+    data[sof + 2 + 2 + 6 + 2] = 0x07   # first component's quantisation table id
+    report = _report(tmp_path, bytes(data))
+    assert report.status == "rejected" or report.as_json()["salvaged"], report.as_json()
+    if report.status == "rejected":
+        assert report.error.code == "corrupt"
+
+
+def test_a_salvaged_photo_still_gives_its_fix_to_the_restricted_record(tmp_path):
+    """The phone's fix is read from the damaged file's segments before its scan, then salvaged."""
+    src = tmp_path / "pxl.jpg"
+    expected = fx.android_phone_jpeg(src)
+    data = src.read_bytes()
+    scan = [seg for seg in jpeg.walk(data).segments if seg.marker == jpeg.SOS][0]
+    src.write_bytes(data[:scan.start + 400])   # ends inside its scan: no EOI
+    report = sanitize_file(src, tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized" and report.as_json()["salvaged"], report.as_json()
+    assert_fix(report, expected)
+    assert leaks(Path(report.output)) == [] and exiftool(Path(report.output)).get("GPS:GPSLatitude") is None

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from fixtures.jpeg import NEW_YORK, android_phone_jpeg
-from tests.ops_deployment import Worker, free_port, redis_postgres_env, wait_all_final, wait_http
+from tests.ops_deployment import Worker, free_port, http_get, redis_postgres_env, wait_all_final, wait_http
 from worker import logs
 from worker.intake import enqueue_file
 
@@ -55,7 +55,9 @@ def test_worker_lines_name_their_upload_and_hold_no_location(tmp_path):
     """~15 s: two GPS photos, then a pool process killed mid-task (its message goes back and is done)."""
     with redis_postgres_env(tmp_path) as (env, services):
         # a short lease: the killed run's claim runs out in seconds, not half an hour
-        worker = Worker({**env, "MEDIASAN_LOG_FORMAT": "json", "MEDIASAN_LEASE_S": "3"}, tmp_path / "worker.log",
+        metrics_port = free_port()
+        worker = Worker({**env, "MEDIASAN_LOG_FORMAT": "json", "MEDIASAN_LEASE_S": "3",
+                         "MEDIASAN_METRICS_PORT": str(metrics_port)}, tmp_path / "worker.log",
                         "--concurrency", "1", "--loglevel", "INFO")
         try:
             photos = []
@@ -80,6 +82,7 @@ def test_worker_lines_name_their_upload_and_hold_no_location(tmp_path):
                     lost = upload_id
                     break
             assert lost is not None, "the pool process never died mid-task in 5 tries"
+            exposition = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
         finally:
             worker.stop()
 
@@ -103,6 +106,8 @@ def test_worker_lines_name_their_upload_and_hold_no_location(tmp_path):
     assert all(line.get("upload_id") == lost for line in by_event.get("task_handler_error", []))
     assert any(line["logger"] == "multiprocessing" and "SIGKILL" in line["message"] for line in lines)
     assert_nothing_sensitive(worker.text())
+    # the loss is counted once, as a retry, by the main process
+    assert 'mediasan_task_retries_total{reason="worker_lost"} 1.0' in exposition
 
 
 def test_server_access_lines_are_json_without_the_token(tmp_path):
@@ -136,8 +141,8 @@ def test_server_access_lines_are_json_without_the_token(tmp_path):
 def test_redaction_is_the_last_line_of_defence():
     """In-process: whatever a careless line holds, the JSON line written has it replaced."""
     stream = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    root, pool = logging.getLogger(), logging.getLogger("multiprocessing")
+    saved = root.handlers[:], root.level, pool.handlers[:]
     logs.configure("json", "INFO", stream=stream)
     try:
         log = logging.getLogger("tests.careless")
@@ -151,12 +156,38 @@ def test_redaction_is_the_last_line_of_defence():
             log.exception("parser failed")
         with logs.upload_context("up-1"):
             log.info("inside an upload")
-    finally:
-        root.handlers, _ = saved
+    finally:   # this process's logging as pytest set it up
+        root.handlers, pool.handlers = saved[0], saved[2]
         root.setLevel(saved[1])
+        logging.captureWarnings(False)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) == 6
     assert_nothing_sensitive(stream.getvalue())
     assert "[redacted]" in lines[0]["message"] and "FOIL" in lines[1]["message"]
     assert "ValueError" in lines[4]["exception"]
     assert lines[5]["upload_id"] == "up-1" and "upload_id" not in lines[0]
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("©xyz +40.7128-074.0060+010.000/", "40.7128"),
+    ("ISO6709 +4042.7680-07400.3585/", "07400.3585"),
+    ("GPSLatitude=((40, 1), (42, 1), (4599, 100))", "4599"),
+    ("GPS 40 deg 42' 46.00\" N", "42' 46"),
+    ("lat: 40.7, lon: -74.0", "74.0"),
+    ("at 40.712776, -74.005974 exactly", "74.005974"),
+    ("{'Authorization': 'Bearer abc.def-123'}", "abc.def-123"),
+    ("redis://:hunter2@broker:6379/0", "hunter2"),
+    ("X-Amz-Signature=3f9a7c", "3f9a7c"),
+])
+def test_redact_removes(text, secret):
+    assert secret not in logs.redact(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Task tasks.sanitize_upload[9237e6ea-1234-5678-bb9d-192286e397fc] received",
+    "Task tasks.sanitize_upload[9237e6ea-1291-4ddf-bb9d-192286e397fc] succeeded in 0.16021336899996186s: 'done'",
+    "upload 3d34a0bd2ea34fad8177f76e59c40f2a done (jpeg)",
+    "127.0.0.1:35498 - \"GET /uploads/u1/media HTTP/1.1\" 200",
+])
+def test_redact_leaves_ordinary_lines_alone(text):
+    assert logs.redact(text) == text

@@ -1,8 +1,10 @@
 """`mediasan worker` with MEDIASAN_METRICS_PORT: one scrape sums what every pool process counted."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -115,3 +117,17 @@ def test_alerts_read_only_contract_metrics():
               "mediasan_database_up", "mediasan_api_requests_total"}
     used = set(re.findall(r"\bmediasan_[a-z_]+\b", (DEPLOY / "alerts.yml").read_text()))
     assert used and used <= contract, used - contract
+
+
+def test_a_worker_start_removes_the_metrics_folders_of_runs_that_are_gone(tmp_path):
+    from worker import metrics
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = metrics.multiprocess_dir(tmp_path, "celery@host", gone.pid)
+    alive = metrics.multiprocess_dir(tmp_path, "celery@host", os.getpid())
+    for folder in (dead, alive):
+        folder.mkdir(parents=True)
+        (folder / "counter_1.db").write_bytes(b"x")
+    metrics.remove_dead_runs(tmp_path / "metrics")
+    assert not dead.exists() and (alive / "counter_1.db").exists()

@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from fixtures.jpeg import android_phone_jpeg
 from tests.workerproc import WorkerProcess, running_deployment, wait_final
@@ -118,9 +117,9 @@ def test_a_whole_worker_killed_after_finishing_is_cleaned_up_by_a_new_worker_and
         fresh = WorkerProcess({k: v for k, v in env.items() if k != "MEDIASAN_TEST_PAUSE_AT"},
                               tmp_path / "worker2.log", beat=True).start()
         try:
-            wait_until(lambda: not {f.pid for f in workdir.folders(work_root)} & dead, 60,
+            wait_until(lambda: not {f.pid for f in workdir.folders(work_root)} & dead, 90,
                        "the dead processes' work folders removed by the new worker")
-            wait_until(lambda: services.store.head(incoming_key(upload_id)) is None, 60,
+            wait_until(lambda: services.store.head(incoming_key(upload_id)) is None, 90,
                        f"the sweeper removes the incoming object:\n{fresh.log()}")
             assert_nothing_left(services, upload_id, original, tmp_path, dead_pid=pid)
         finally:
@@ -142,6 +141,8 @@ def test_embedded_default_a_child_killed_after_storing_still_ends_done(tmp_path)
         assert info["state"] == "done"
         wait_until(lambda: not [f for f in workdir.folders(services.settings.resolved_work_dir()) if f.pid == pid],
                    30, "the killed child's work folder removed")
+        # the worker deletes the incoming object just after committing `done`
+        wait_until(lambda: services.store.head(incoming_key(upload_id)) is None, 30, "the incoming object removed")
         assert_nothing_left(services, upload_id, original, tmp_path, dead_pid=pid)
 
 
@@ -171,7 +172,8 @@ def test_lease_waits_do_not_count_as_retries_and_giving_up_unpublishes_the_old_c
         # wait counted as a retry, the first failure would have given up: 4.
         assert info["attempts"] == 5, worker.log()
         assert info["variants"] == [v for v in info["variants"] if v["variant"] == "original"]
-        assert services.store.head(keys["sanitized"]) is None
+        # the row went with the final state; the object goes just after the commit
+        wait_until(lambda: services.store.head(keys["sanitized"]) is None, 30, "the old agency copy removed")
         assert [f.kind for f in store_audit.audit(services)] == []
 
 
@@ -210,3 +212,41 @@ def test_mediasan_sanitize_leaves_no_work_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["PXL_kill.jpg"]
     assert not data.exists() and list(system_tmp.iterdir()) == []
+
+
+def test_a_rerun_removes_what_an_earlier_run_left_under_other_names_and_keeps_what_it_records(tmp_path):
+    """In-process, embedded default: an earlier run's copy under another extension and its original
+    under another name (the input identified differently before an upgrade) go when the job finishes
+    again; objects the records name stay, and so does an object written after the finish."""
+    from worker.pipeline import clean_after_finish, process_upload
+    from worker.reprocess import reopen_job
+    from worker.services import build_services
+    from worker.settings import Settings
+
+    services = build_services(Settings(_env_file=None, data_dir=tmp_path / "data"))
+    try:
+        with workdir.process_scope(services.settings.resolved_work_dir()):
+            photo, original = staged_photo(tmp_path)
+            upload_id = enqueue_file(photo, services=services, complaint_id="311-8005")
+            with services.sessions() as session:
+                from worker.intake import message_for
+                msg = message_for(session.get(records.Job, upload_id))
+            assert process_upload(msg, services).state == "done"
+            tags = {"variant": "x", "access": "restricted", "complaint": "311-8005"}
+            stale = [f"restricted/{upload_id}/original.bin", f"agency/{upload_id}/media.png"]
+            for key in stale:
+                services.store.put_file(key, photo, content_type="application/octet-stream", tags=tags)
+            with services.sessions() as session:
+                assert reopen_job(session, upload_id)
+                session.commit()
+            assert process_upload(msg, services).state == "done"
+            assert [services.store.head(k) for k in stale] == [None, None]
+            with services.sessions() as session:
+                kept = [v.key for v in records.variants_of(session, upload_id)]
+            assert all(services.store.head(k) is not None for k in kept) and len(kept) == 2
+            # written after the job finished: a later run's, not ours to remove
+            time.sleep(0.05)
+            services.store.put_file(stale[1], photo, content_type="application/octet-stream", tags=tags)
+            assert clean_after_finish(services, upload_id) == []
+    finally:
+        services.engine.dispose()

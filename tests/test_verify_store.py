@@ -14,7 +14,8 @@ from fixtures.jpeg import android_phone_jpeg
 from fixtures.lossless import png_with_text_and_exif
 from tests.moto_s3 import moto_endpoint, s3_url  # noqa: F401 - fixture
 from worker import records, store_audit, workdir
-from worker.intake import enqueue_file, incoming_key, message_for
+from worker.intake import enqueue_file, incoming_key, message_for, send_upload
+from worker.messages import UploadMessage
 from worker.pipeline import process_upload
 from worker.services import build_services
 from worker.settings import Settings
@@ -80,7 +81,14 @@ def test_verify_store_finds_and_fixes_what_crashes_leave(deployment, tmp_path):
     store.put_file(f"agency/{b}/media.jpg", photo, content_type="image/jpeg", tags=tags)
     # a recorded agency copy that is no longer what was verified: the original, GPS and all
     store.put_file(keys_of(services, c)["sanitized"], photo, content_type="image/jpeg", tags=tags, replace=True)
+    # an upload whose producer sent the message and left the job row to the worker: waiting, not residue
+    store.put_file(incoming_key("queued1"), photo, content_type="image/jpeg", tags=tags)
+    send_upload(services, UploadMessage(upload_id="queued1", complaint_id="311-9004", channel="mobile_app",
+                                        source_key=incoming_key("queued1"), received_at=records.utcnow()))
+    # an incoming object with neither a job row nor a message: nothing will ever take it
+    store.put_file(incoming_key("norow1"), photo, content_type="image/jpeg", tags=tags)
     expected = {(incoming_key(a), "incoming_of_finished"), ("restricted/ghost1/original.jpg", "unrecorded"),
+                (incoming_key("norow1"), "unrecorded"),
                 (f"agency/{b}/media.jpg", "unrecorded"), (keys_of(services, c)["sanitized"], "unverified")}
     if isinstance(store, S3Store):   # a multipart upload a killed worker never completed
         started = store.client.create_multipart_upload(Bucket=store.bucket("restricted"), Key="zz/original.mp4")
@@ -111,3 +119,34 @@ def test_verify_store_finds_and_fixes_what_crashes_leave(deployment, tmp_path):
     assert store.head(keys_of(services, b)["sanitized"]) is not None
     assert "sanitized" not in keys_of(services, c) and store.head(f"agency/{c}/media.jpg") is None
     assert not dead.exists()
+    assert store.head(incoming_key("queued1")) is not None
+
+
+def test_judge_explains_objects_by_the_records_of_their_upload():
+    """The pure rules the chaos test reuses: an object and its upload's records in, a finding out."""
+    from datetime import timedelta
+
+    from worker.store_audit import ListedObject, UploadFacts, judge
+
+    now = records.utcnow()
+    window = timedelta(minutes=10)
+    old, young = now - timedelta(hours=1), now - timedelta(seconds=5)
+    done = UploadFacts(state="done", error_code=None, source_key="incoming/u1/upload",
+                       variants={"restricted/u1/original.jpg": "original", "agency/u1/media.jpg": "sanitized"})
+    gave_up = UploadFacts(state="failed", error_code="retries_exhausted", source_key="incoming/u1/upload")
+    waiting = UploadFacts(state="received", error_code=None, source_key="incoming/u1/upload")
+
+    def kind(key, facts, modified=old):
+        finding = judge(ListedObject(key, 1, modified), facts, now=now, window=window)
+        return finding and (finding.kind, finding.fixable)
+
+    assert kind("restricted/u1/original.jpg", done) is None
+    assert kind("agency/u1/media.jpg", done) is None
+    assert kind("agency/u1/media.png", done) == ("unrecorded", True)            # an earlier run's copy
+    assert kind("incoming/u1/upload", done) == ("incoming_of_finished", True)
+    assert kind("incoming/u1/upload", gave_up) is None                          # the only copy: retention's
+    assert kind("incoming/u1/upload", waiting) == ("incoming_stale", False)     # stuck, never deleted
+    assert kind("incoming/u1/upload", waiting, young) is None
+    assert kind("agency/u1/media.png", waiting) is None                         # a worker stores, then records
+    assert kind("restricted/u9/original.jpg", None) == ("unrecorded", True)
+    assert kind("incoming/u9/upload", None, young) is None                      # written just before its job row

@@ -131,7 +131,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
                   description="Read-only access to 311 media: agency copies for agencies, originals and "
                               "locations for restricted readers with a stated purpose. Every restricted "
                               "read and every refusal is audited.")
-    api_ops.install(app, settings)   # /healthz, /readyz, /metrics and the request counter
+    api_ops.install(app, settings, services)   # /healthz, /readyz, /metrics and the request counter
 
     sessions = ui.SessionStore()
 

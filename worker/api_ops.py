@@ -2,21 +2,21 @@
 
 * ``GET /healthz``: 200 while the process answers; it checks nothing else, so a supervisor restarts
   only a server that is really stuck.
-* ``GET /readyz``: 200 when the database and the store answer, else 503 with ``{"checks": {...}}``
-  naming the one that does not. Each check has its own deadline; a stalled dependency makes the
-  answer 503 within seconds, never a hung probe.
+* ``GET /readyz``: 200 when the database (through the API's own connections) and the store answer,
+  else 503 with ``{"checks": {...}}`` naming the one that does not. Each check has a deadline; a
+  stalled dependency makes the answer 503 within seconds, never a hung probe.
 * ``GET /metrics``: ``mediasan_jobs{state}`` counted from the database at scrape time,
   ``mediasan_job_oldest_received_seconds`` (how long the oldest waiting job has waited),
   ``mediasan_database_up`` and ``mediasan_api_requests_total{route,status}`` (route templates such
   as ``/uploads/{upload_id}/media``, never ids; a path no route matches is ``unmatched``).
 
 The server starts without its dependencies: the API's Services (which open the database) are built
-at the first request that needs them (``LazyServices``), and the probes use connections of their own
-with short timeouts.
+at the first request or probe that needs them (``LazyServices``), and again after a failure.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -56,33 +56,22 @@ class LazyServices:
 
 
 class Probes:
-    """The database and the store as the readiness probe and the job counter see them: their own
-    connections, built once, with short timeouts, each call under a deadline."""
+    """The database and the store as the readiness probe and the job counter see them, each call
+    under a deadline. The database is the API's own (its Services, built here if no request has
+    built them yet: a fresh embedded deployment creates its database then); the store is probed
+    through a client of its own with short timeouts."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, services):
         self.settings = settings
-        self._engine = None
+        self.services = services
         self._store_check = None
         self._lock = threading.Lock()
         # a bounded pool: a dependency that hangs holds at most these threads
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mediasan-probe")
 
-    def engine(self):
-        with self._lock:
-            if self._engine is None:
-                from sqlalchemy import create_engine
-
-                url = self.settings.resolved_database_url()
-                if url.startswith("postgresql"):
-                    self._engine = create_engine(url, pool_size=1, max_overflow=1, pool_pre_ping=True,
-                                                 connect_args={"connect_timeout": int(CHECK_DEADLINE_S)})
-                else:
-                    self._engine = create_engine(url, pool_pre_ping=True)
-            return self._engine
-
     def check_database(self) -> None:
         from sqlalchemy import text
-        with self.engine().connect() as connection:
+        with self.services.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
     def check_store(self) -> None:
@@ -116,7 +105,7 @@ class Probes:
 
         from worker import records
 
-        with self.engine().connect() as connection:
+        with self.services.engine.connect() as connection:
             counts = dict(connection.execute(select(records.Job.state, func.count()).group_by(records.Job.state)).all())
             oldest = connection.execute(select(func.min(records.Job.received_at))
                                         .where(records.Job.state == "received")).scalar()
@@ -147,8 +136,12 @@ def store_check(settings: Settings):
     root = Path(store.root)
 
     def check_local() -> None:
-        if not root.is_dir():
-            raise FileNotFoundError(f"the store folder {root} does not exist")
+        # a fresh embedded deployment has no store folder until the first upload creates it
+        if root.is_dir():
+            if not os.access(root, os.R_OK | os.X_OK):
+                raise PermissionError(f"the store folder {root} is not readable")
+        elif not (root.parent.is_dir() and os.access(root.parent, os.W_OK)):
+            raise FileNotFoundError(f"the store folder {root} does not exist and cannot be created")
     return check_local
 
 
@@ -229,11 +222,12 @@ def route_template(routes, scope) -> str:
     return getattr(partial, "path_format", None) or UNMATCHED_ROUTE
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Add the probes, /metrics and the request counter to the API."""
+def install(app: FastAPI, settings: Settings, services) -> None:
+    """Add the probes, /metrics and the request counter to the API (``services``: its Services, or
+    the LazyServices that build them at first use)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-    probes = Probes(settings)
+    probes = Probes(settings, services)
     registry = CollectorRegistry()
     requests_total = Counter("mediasan_api_requests", "HTTP requests answered, by route template and status.",
                              ["route", "status"], registry=registry)

@@ -6,6 +6,9 @@ The job row is the record of an upload; the sweeper republishes what a lost mess
 """
 from __future__ import annotations
 
+import functools
+import logging
+
 from celery import Celery, signals
 
 from worker import observe  # noqa: F401  (metrics and log lines on Celery's signals)
@@ -23,9 +26,43 @@ def filesystem_transport_options(settings: Settings) -> dict:
             "processed_folder": str(processed), "store_processed": True}
 
 
+def guard_detached_redis_channels() -> None:
+    """Make a kombu Redis channel whose connection is gone fail with a connection error, as a lost
+    broker should, instead of `AttributeError("'NoneType' object has no attribute 'hostname'")`,
+    which stopped whole workers ("Unrecoverable error") after a broker loss. Idempotent.
+
+    Why: after a connection loss Celery 5.7 collects and closes the connection, which detaches its
+    transport (`transport.client = None`), while channels of that connection still have work to do:
+    restoring the unacknowledged messages of tasks that were running (late acks) when the channel is
+    finally closed, and acknowledging a message when such a task finishes. Each rebuilds the channel's
+    Redis pool from `transport.client.hostname` (kombu 5.7, redis.py `_connparams`). An AttributeError
+    is not among the errors Celery and kombu expect there; a connection error is, and is handled: the
+    ack is logged as failed ("Couldn't ack") and the message comes back after the visibility timeout,
+    the restore is skipped the same way, and the consumer goes on reconnecting. The job row, not the
+    message, records the upload, so a message acknowledged late or twice changes nothing.
+    """
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "guards_detached_transport", False):
+        return
+
+    @functools.wraps(original)
+    def _connparams(self, asynchronous=False):
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("this channel's broker connection is closed (lost broker)")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.guards_detached_transport = True
+    kombu_redis.Channel._connparams = _connparams
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     broker = settings.resolved_broker_url()
+    if broker.startswith(("redis", "rediss")):
+        guard_detached_redis_channels()
     app = Celery("mediasan", broker=broker, include=["tasks.sanitize", "tasks.sweep", "tasks.purge"])
     transport_options: dict = {}
     if broker.startswith("filesystem"):
@@ -46,6 +83,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
         task_default_queue=settings.queue,
+        # the sweeper and retention have their own queue (every worker of the work queue takes it too):
+        # a backlog of uploads never delays them, whoever sends them (beat, send_task by name)
+        task_routes={"tasks.sweep": {"queue": settings.resolved_sweep_queue()},
+                     "tasks.purge": {"queue": settings.resolved_sweep_queue()}},
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         # a lost broker is reconnected to, with growing pauses (2 s, 4 s, … 30 s), this many times;
@@ -79,8 +120,6 @@ app = create_app()
 @signals.worker_process_init.connect
 def _own_connections(**_) -> None:
     """A prefork child opens its own database, store and broker connections: nothing inherited."""
-    import logging
-
     from worker.services import get_services, reset_after_fork
 
     reset_after_fork()

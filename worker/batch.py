@@ -7,8 +7,6 @@ report comes back as the JSON contract's dict, in the order the inputs were give
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -59,5 +57,8 @@ def sanitize_many(paths: Sequence[Path], out: Path, limits: Limits, jobs: int) -
         return
     # fork: the CLI process has no connection to share, and forking skips re-importing everything;
     # one task a child at a time (chunksize 1) so a slow video does not hold a queue of small photos
+    from concurrent.futures import ProcessPoolExecutor   # here: a one-file run starts no pool (#10, start time)
+    from multiprocessing import get_context
+
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
         yield from pool.map(sanitize_one, paths, stems, [limits] * len(paths), chunksize=1)

@@ -28,6 +28,10 @@ from worker.errors import SanitizeError
 
 TIMEOUT_SETTING = "MEDIASAN_FILE_TIMEOUT_S"
 MEMORY_SETTING = "MEDIASAN_PROCESS_MEMORY_BYTES"
+# RLIMIT_DATA counts the heap, not code and shared libraries (~100 MiB resident with every decoder
+# loaded): 896 MiB of data keeps the process's resident peak under 1 GiB
+DEFAULT_PROCESS_MEMORY_BYTES = 896 * 1024**2
+DEFAULT_FILE_TIMEOUT_S = 120.0
 
 
 class FileTimeout(BaseException):

@@ -4,10 +4,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
+
+if __name__ == "__main__" and sys.argv[1:2] == ["sanitize"]:
+    # `python -m worker.cli sanitize …` (scripts, tests): the same fast path as the console script
+    from worker.cli_sanitize import main
+
+    main()
 
 import typer
 
+from worker import cli_sanitize
 from worker.cli_access import register as register_access
 from worker.cli_batch import register as register_batch
 from worker.logs import configure_for_cli
@@ -21,42 +28,11 @@ def _settings():
     return get_settings()
 
 
-@app.command()
-def sanitize(
-    ctx: typer.Context,
-    paths: List[Path] = typer.Argument(..., exists=False, help="Files to sanitize."),
-    out: Path = typer.Option(..., "--out", help="Folder for the agency copies."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON report a line per input, in input order."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
-                                       help="Files sanitized at once (default: the CPUs this process may use)."),
-) -> None:
-    """Write the agency copy of each input into OUT, in-process: no queue, no database."""
-    from worker import workdir
-    from worker.batch import default_jobs, sanitize_many
-    from worker.budget import limit_process_memory
-
-    limit_process_memory(_settings().process_memory_bytes)   # before the pool forks: each child inherits it
-    # any temp file of this run lands in a work folder of its own, gone when the command ends
-    ctx.with_resource(workdir.process_scope(_settings().resolved_work_dir()))
-    out.mkdir(parents=True, exist_ok=True)
-    console = None
-    all_ok = True
-    for report in sanitize_many(paths, out, _settings().limits(), jobs or default_jobs()):
-        all_ok &= report["status"] == "sanitized"
-        if as_json:
-            sys.stdout.write(json.dumps(report) + "\n")
-            sys.stdout.flush()
-            continue
-        if console is None:
-            from rich.console import Console
-            console = Console(stderr=True)
-        if report["status"] == "sanitized":
-            where = f" location moved ({report['location']['source']})" if report["location"] else ""
-            console.print(f"[green]sanitized[/] {report['input']} -> {report['output']}{where}")
-        else:
-            console.print(f"[red]{report['status']}[/] {report['input']}: "
-                          f"{report['error']['code']}: {report['error']['message']}")
-    raise typer.Exit(0 if all_ok else 1)
+@app.command(help=cli_sanitize.SUMMARY, add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sanitize(ctx: typer.Context) -> None:
+    # defined once, in worker/cli_sanitize.py (argparse: the console script runs it without typer)
+    raise typer.Exit(cli_sanitize.run(ctx.args))
 
 
 @app.command()
@@ -182,4 +158,4 @@ register_access(app)
 register_batch(app)
 
 if __name__ == "__main__":
-    app()
+    cli_sanitize.main()

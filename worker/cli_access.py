@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import re
 import secrets
 import sys
@@ -131,7 +132,8 @@ def serve(
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither")
     scheme = "https" if ssl_certfile else "http"
-    typer.echo(f"investigators' pages: {scheme}://{host}:{port}/ui/", err=True)
+    # a log line, not a bare echo: with MEDIASAN_LOG_FORMAT=json every line on stderr is a JSON object
+    logging.getLogger("worker.api").info("investigators' pages: %s://%s:%d/ui/", scheme, host, port)
     # no Services here: the API builds them at first use, so it starts (and /readyz says 503) while
     # the database is down
     uvicorn.run(create_app(get_settings()), host=host, port=port, proxy_headers=False, server_header=False,

@@ -71,9 +71,8 @@ def check_database(settings: Settings, *, migrate: bool = False) -> Check:
             private_sqlite_file(_sqlite_path(engine.url.database))
         done = ""
         if migrate:
-            before = records.current_revision(engine)
-            records.migrate(engine)
-            done = "" if before == records.head_revision() else f", migrated from {before or 'empty'}"
+            found = records.migrate(engine)   # read under the migration lock
+            done = "" if found == records.head_revision() else f", migrated from {found or 'empty'}"
         current, head = records.current_revision(engine), records.head_revision()
     except Exception as e:
         return Check("database", False, f"{where}: {_one_line(e)}")

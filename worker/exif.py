@@ -10,6 +10,7 @@ IFD by DESIGN.md's rules and a refusal to raise: a broken EXIF is ``Found()`` wi
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import re
@@ -47,8 +48,9 @@ def tiff_body(blob: bytes) -> bytes | None:
     return blob if blob[:4] in TIFF_MAGICS else None
 
 
+@functools.lru_cache(maxsize=8)   # locate, describe and orientation read the same blob: parse it once
 def _load(blob: bytes):
-    """Pillow's Exif of the blob; raises ValueError when it is not a TIFF-header EXIF."""
+    """Pillow's Exif of the blob (shared: callers only read it); ValueError when not a TIFF-header EXIF."""
     from PIL import Image
 
     body = tiff_body(blob)

@@ -101,18 +101,21 @@ _REDACTIONS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(?i)(authorization|x-api-key|cookie)(['\"]?\s*[:=,]\s*['\"]?)[^'\"\s,;}]+"), r"\1\2" + REDACTED),
     (re.compile(r"(?i)((?:access_|api_|session_|auth_)?token|password|passwd|secret|signature|credential|"
                 r"x-amz-[a-z-]+)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s&,;}]+"), r"\1\2" + REDACTED),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s'\"]+):[^@/\s'\"]+@"), r"\1:" + REDACTED + "@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s'\"]*):[^@/\s'\"]+@"), r"\1:" + REDACTED + "@"),
     # coordinates: named values, ISO 6709 strings, pairs of decimal degrees, DMS, EXIF rationals
-    (re.compile(r"(?i)\b(gps[a-z]*|lat(?:itude)?|lon(?:gitude)?|lng|alt(?:itude)?|coord(?:inate)?s?|location|"
-                r"iso6709|xyz)(['\"]?\s*[:=\s]\s*['\"]?\(?)" + _NUMBER + r"(?:\s*,\s*" + _NUMBER + r")*"),
-     r"\1\2" + REDACTED),
-    (re.compile(r"[-+]\d{2,6}(?:\.\d+)?[-+]\d{3,7}(?:\.\d+)?(?:[-+]\d+(?:\.\d+)?)?(?:CRS[A-Za-z0-9_]*)?/?"), REDACTED),
-    (re.compile(r"[-+]?\d{1,3}\.\d{3,}\s*[,;/ ]\s*[-+]?\d{1,3}\.\d{3,}"), REDACTED),
-    # any lone decimal degree as devices write them (5+ places); a duration such as "0.52847s" is spared
-    (re.compile(r"(?<![\w.])[-+]?\d{1,3}\.\d{5,}(?![\d.]|s\b)"), REDACTED),
+    # ISO 6709 as phones write it (+40.7128-074.0060+010.000/); decimals required, so that ids such as
+    # a task id's "-1234-5678" are left alone
+    (re.compile(r"[-+]\d{2,6}\.\d+[-+]\d{3,7}\.\d+(?:[-+]\d+(?:\.\d+)?)?(?:CRS[A-Za-z0-9_]*)?/?"), REDACTED),
+    # degrees-minutes-seconds and EXIF rationals, before a key could take their first number
     (re.compile(r"\d{1,3}\s*(?:°|deg)\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*(?:\"|″|'')?)?\s*[NSEW]?"), REDACTED),
     (re.compile(r"\(\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\)\)"), REDACTED),
     (re.compile(r"\b\d+/\d+,\s*\d+/\d+,\s*\d+/\d+\b"), REDACTED),
+    (re.compile(r"(?i)\b(gps[a-z]*|lat(?:itude)?|lon(?:gitude)?|lng|alt(?:itude)?|coord(?:inate)?s?|location|"
+                r"iso6709|xyz)(['\"]?\s*[:=\s]\s*['\"]?\(?)" + _NUMBER + r"(?:\s*,\s*" + _NUMBER + r")*"),
+     r"\1\2" + REDACTED),
+    (re.compile(r"[-+]?\d{1,3}\.\d{3,}\s*[,;/ ]\s*[-+]?\d{1,3}\.\d{3,}"), REDACTED),
+    # any lone decimal degree as devices write them (5+ places); a duration such as "0.52847s" is spared
+    (re.compile(r"(?<![\w.])[-+]?\d{1,3}\.\d{5,}(?![\d.]|s\b)"), REDACTED),
 ]
 
 

@@ -68,16 +68,37 @@ def _create_metrics() -> WorkerMetrics:
     return metrics
 
 
-def multiprocess_dir(data_dir: Path, node_name: str) -> Path:
-    """One folder a worker node: two workers sharing a data folder never sum (or wipe) each other's files."""
-    return data_dir / "metrics" / re.sub(r"[^A-Za-z0-9_.@-]", "_", node_name)
+def multiprocess_dir(data_dir: Path, node_name: str, main_pid: int) -> Path:
+    """One folder a worker run (node name and main process id): two workers sharing a data folder,
+    even under the same node name, never sum or wipe each other's files."""
+    return data_dir / "metrics" / f"{re.sub(r'[^A-Za-z0-9_@-]', '_', node_name)}.{main_pid}"
+
+
+def remove_dead_runs(metrics_root: Path) -> None:
+    """The folders of worker runs whose main process is gone: their counts were served, or are lost
+    with the process that served them."""
+    for folder in metrics_root.glob("*.*"):
+        pid = folder.name.rsplit(".", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def serve_worker_metrics(*, folder: Path, host: str, port: int) -> None:
     """In a worker's main process, before the pool forks: an empty multiprocess folder, the metrics,
     and the HTTP server that aggregates every process's files at scrape time."""
     global _metrics, _server
-    shutil.rmtree(folder, ignore_errors=True)   # the previous run's processes are gone
+    remove_dead_runs(folder.parent)
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, mode=0o700)
     os.environ[MULTIPROC_ENV] = str(folder)
     from prometheus_client import CollectorRegistry, start_http_server, values

@@ -2,7 +2,9 @@
 
 worker/app.py imports this module, which only connects receivers; they run in a worker's processes:
 
-* ``setup_logging`` (main process): our handler and format (MEDIASAN_LOG_FORMAT) instead of Celery's.
+* ``celeryd_init`` and ``setup_logging`` (main process; ``setup_logging`` again in each pool child):
+  our handler and format (MEDIASAN_LOG_FORMAT) instead of Celery's; ``celeryd_after_setup``: with
+  JSON logs, no banner and Celery's console lines ("Warm shutdown") as JSON.
 * ``worker_init`` (main process, before the pool forks): the metrics folder and server when
   MEDIASAN_METRICS_PORT is set, and ``ObservedRequest`` on our tasks, which names the upload of each
   task id for the main process's lines (received, worker lost).
@@ -74,7 +76,9 @@ class ObservedRequest(Request):
     """Celery's request (the main process's view of one message) that knows its upload.
 
     Celery's custom-request hook: the received line is logged right after construction, and a
-    pool child's death is reported through ``on_failure`` in the main process.
+    pool child's death is reported through ``on_failure`` in the main process. The task id stays
+    remembered after the request ends (a bounded map): a retry is sent under the same id and may be
+    received before the run it replaces has reported.
     """
 
     def __init__(self, *args, **kwargs):
@@ -85,25 +89,21 @@ class ObservedRequest(Request):
         upload_id = logs.upload_for_task(self.id)
         exc = getattr(exc_info.exception, "exc", exc_info.exception)   # ExceptionWithTraceback
         with logs.upload_context(upload_id):
+            # billiard >= 4.3 reports a dead child as SystemExit before Celery turns it into WorkerLostError;
+            # one we cancelled or revoked ourselves is not a loss
             if isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)) and not (
-                    self._already_cancelled or self._already_revoked):
+                    getattr(self, "_already_cancelled", False) or getattr(self, "_already_revoked", False)):
                 requeued = self.task.acks_late and self.task.reject_on_worker_lost
                 logs.log_event(log, "worker_lost", "the pool process running upload %s died (%s)%s", upload_id,
                                exc, "; the message goes back to the queue" if requeued else "",
                                level=logging.ERROR, upload_id=upload_id)
                 if requeued:
                     metrics.record_retry("worker_lost")
-            try:
-                return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-            finally:
-                logs.forget_task(self.id)
+            return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def on_success(self, failed__retval__runtime, **kwargs):
         with logs.upload_context(logs.upload_for_task(self.id)):
-            try:
-                return super().on_success(failed__retval__runtime, **kwargs)
-            finally:
-                logs.forget_task(self.id)
+            return super().on_success(failed__retval__runtime, **kwargs)
 
 
 @signals.celeryd_init.connect
@@ -136,7 +136,7 @@ def _worker_init(sender=None, **_) -> None:
         if task.name.startswith("tasks."):
             task.Request = ObservedRequest
     if settings.metrics_port:
-        folder = metrics.multiprocess_dir(settings.resolved_data_dir(), sender.hostname)
+        folder = metrics.multiprocess_dir(settings.resolved_data_dir(), sender.hostname, os.getpid())
         metrics.serve_worker_metrics(folder=folder, host=settings.metrics_host, port=settings.metrics_port)
         log.info("metrics of %s on http://%s:%d/metrics", sender.hostname, settings.metrics_host,
                  settings.metrics_port)
@@ -162,7 +162,7 @@ def _task_prerun(task_id=None, task=None, kwargs=None, **_) -> None:
     logs.current_upload.set(upload_id)
     if upload_id:
         logs.log_event(log, "task_started", "upload %s started (%s)", upload_id, task.name,
-                       upload_id=upload_id, attempt=(task.request.retries or 0) + 1)
+                       upload_id=upload_id, retries=task.request.retries or 0)
 
 
 @signals.task_postrun.connect

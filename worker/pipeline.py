@@ -109,7 +109,7 @@ def process_upload(msg: UploadMessage, services: Services) -> Outcome:
 
 def clean_after_finish(services: Services, upload_id: str) -> list[str]:
     """Delete what a final job no longer needs: the incoming object (once the original is kept under
-    restriction) and agency objects the records do not name (an earlier run's copy). Idempotent; the
+    restriction) and objects of this upload the records do not name (an earlier run's). Idempotent; the
     pipeline, the "already final" path, ``tasks.sanitize``'s give-up and the sweeper all call it.
     Returns the keys deleted."""
     with services.sessions() as session:
@@ -117,18 +117,22 @@ def clean_after_finish(services: Services, upload_id: str) -> list[str]:
         if job is None or job.state not in records.FINAL_STATES:
             return []
         variants = records.variants_of(session, upload_id)
-        state, error_code, source_key = job.state, job.error_code, job.source_key
+        state, source_key, finished_at = job.state, job.source_key, job.finished_at
     deleted = []
     has_original = any(v.variant == "original" for v in variants)
     if store_audit.incoming_removable(state=state, has_original=has_original) and \
             services.store.head(source_key) is not None:
         services.store.delete(source_key)
         deleted.append(source_key)
-    published = {v.key for v in variants if v.variant == "sanitized"}
-    for obj in store_audit.list_objects(services.store, "agency", f"{upload_id}/"):
-        if obj.key not in published:
-            services.store.delete(obj.key)
-            deleted.append(obj.key)
+    recorded = {v.key for v in variants}
+    # an earlier run's agency copy under another extension, or its original under another name (the
+    # input identified differently after an upgrade)
+    for area in ("agency", "restricted"):
+        for obj in store_audit.list_objects(services.store, area, f"{upload_id}/"):
+            # an object written after this job finished belongs to a later run (a reprocess under way)
+            if obj.key not in recorded and (finished_at is None or obj.modified <= finished_at):
+                services.store.delete(obj.key)
+                deleted.append(obj.key)
     if deleted:
         log.info("upload %s: removed %s", upload_id, ", ".join(deleted))
     return deleted
@@ -198,7 +202,6 @@ def _run_claimed(msg: UploadMessage, services: Services, attempt: int) -> Outcom
         pause_for_test("finished", attempt, work)
     # policy principle 4: the incoming copy is not needed once the original is kept under restriction
     clean_after_finish(services, msg.upload_id)
-    log.info("upload %s %s (%s)", msg.upload_id, state, error.code if error else report.format)
     return Outcome(msg.upload_id, state, error.code if error else None)
 
 

@@ -197,20 +197,25 @@ def require_head(engine: Engine) -> None:
                               "run `mediasan doctor --migrate` once before starting workers")
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (alembic, run in-process).
+def migrate(engine: Engine) -> str | None:
+    """Bring the schema to the newest migration (alembic, run in-process). Returns the revision it
+    found (None: an empty database), read after taking the lock: equal to head_revision() when
+    someone else had already done the work.
 
     On PostgreSQL the upgrade runs holding a transaction-level advisory lock, so two processes
     migrating at once take turns: the second finds the schema at head and does nothing.
     """
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
     cfg = _alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        found = MigrationContext.configure(conn).get_current_revision()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+    return found
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

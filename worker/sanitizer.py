@@ -34,6 +34,7 @@ class Report:
     found: Found = field(default_factory=Found)
     removed: tuple[str, ...] = ()
     error: SanitizeError | None = None
+    salvage_reason: str | None = None   # set when the copy was re-encoded from a damaged input's pixels
     seconds: float | None = None      # wall time spent on this input, in this process
 
     def as_json(self) -> dict:
@@ -47,6 +48,8 @@ class Report:
             "location": ({"lat": fix.lat, "lon": fix.lon, "alt": fix.alt, "source": fix.source} if fix else None),
             "captured_at": self.found.captured_at,
             "removed": list(self.removed),
+            "salvaged": self.salvage_reason is not None,
+            "salvage_reason": self.salvage_reason,
             "error": self.error.as_dict() if self.error else None,
             "seconds": None if self.seconds is None else round(self.seconds, 3),
         }
@@ -77,12 +80,13 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         tmp = dst_stem.with_name(dst_stem.name + ".partial")
         rebuilt: Rebuilt = fmt.rebuild(src, tmp, limits)
         dst = dst_stem.with_name(dst_stem.name + rebuilt.extension)
-        verify_copy(tmp, rebuilt)
+        verify_copy(tmp, rebuilt, src)
         os.replace(tmp, dst)
         report.status, report.format, report.media_type = "sanitized", rebuilt.format, rebuilt.media_type
         # identify() sees only the head; the copy's format was decided from the whole file
         report.kind = formats.by_name(rebuilt.format).kind
         report.output, report.removed = str(dst), rebuilt.removed
+        report.salvage_reason = getattr(rebuilt, "salvage_reason", None)
     except FileTimeout:
         report.status, report.error = "rejected", deadline.error()
     except SanitizeError as e:

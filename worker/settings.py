@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.budget import DEFAULT_FILE_TIMEOUT_S, DEFAULT_PROCESS_MEMORY_BYTES
 from worker.formats.base import Limits
 
 
@@ -33,10 +34,8 @@ class Settings(BaseSettings):
     tool_memory_bytes: int = 2 * 1024**3
     # budgets of the sanitizing process itself (worker/budget.py): wall time for one file, and the
     # memory bound (RLIMIT_DATA) of `mediasan sanitize` and of each worker pool child; 0 turns one off
-    file_timeout_s: float = 120.0
-    # RLIMIT_DATA counts the heap, not code and shared libraries (~100 MiB resident with every decoder
-    # loaded): 896 MiB of data keeps the process's resident peak under 1 GiB
-    process_memory_bytes: int = 896 * 1024**2
+    file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S
+    process_memory_bytes: int = DEFAULT_PROCESS_MEMORY_BYTES
 
     # retention (policy principle 4): originals and locations carry retain_until; a purge deletes them
     retain_original_days: int = 365

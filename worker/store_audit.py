@@ -3,8 +3,8 @@
 The stores are walked area by area and each object is judged against the records of its upload:
 
 - ``unrecorded``: an original or agency object of a final (or unknown) upload that no variant row
-  names, or an incoming object with no job row older than the sweep window: nothing would ever
-  delete it. ``--fix`` deletes it.
+  names, or an incoming object with no job row older than the sweep window whose message the broker
+  does not hold: nothing would ever delete it. ``--fix`` deletes it.
 - ``incoming_of_finished``: the incoming object of a final job whose original is kept under
   restriction (a worker killed between finishing and cleaning up). ``--fix`` deletes it.
 - ``incoming_stale``: the incoming object of a job still waiting, older than the sweep window: the
@@ -260,10 +260,32 @@ def audit(services, *, verify: bool = True, now: datetime | None = None) -> list
     with workdir.process_scope(settings.resolved_work_dir()):   # the verifier's downloads, gone afterwards
         for area in ("incoming", "restricted", "agency"):
             findings += _audit_area(services, area, verify=verify, now=now, window=window)
+    findings = _spare_queued_uploads(services, findings)
     findings += [f for f in (judge_debris(o, now=now, window=window) for o in list_debris(store)) if f]
     findings += [Finding("dead_work_folder", str(p), None, "the process that made it is gone", True)
                  for p in workdir.dead_folders(settings.resolved_work_dir(), stale_s=settings.lease_s)]
     return findings
+
+
+def _spare_queued_uploads(services, findings: list[Finding]) -> list[Finding]:
+    """A producer may send the message and let the worker write the job row: an incoming object with no
+    row whose message is still queued is an upload waiting, not residue. Where the broker cannot be
+    looked into, such an object is reported but never deleted."""
+    rowless = [f for f in findings if f.kind == "unrecorded" and f.key.startswith("incoming/")]
+    if not rowless:
+        return findings
+    from worker.sweeper import pending_uploads
+
+    pending = pending_uploads(services)
+    kept = []
+    for f in findings:
+        if f in rowless and pending is None:
+            f = Finding(f.kind, f.key, f.upload_id, f.detail + " (its message may still be queued: not deleted)",
+                        False)
+        elif f in rowless and f.upload_id in pending:
+            continue
+        kept.append(f)
+    return kept
 
 
 def _audit_area(services, area: str, *, verify: bool, now: datetime, window: timedelta) -> list[Finding]:

@@ -1,17 +1,26 @@
 """Verify an agency copy with readers other than the one that wrote it. Fail closed.
 
-Three independent looks: identify the copy by content again (it must be the format the rebuild
+Independent looks: identify the copy by content again (it must be the format the rebuild
 declared), the format's own structure walk (``Format.inspect``) against its allow-list, and for
-photos a Pillow re-read that must decode and show no EXIF beyond Orientation, no XMP, no text.
-Audio and video modules do their ffprobe and mutagen checks inside their ``inspect``.
+photos Pillow's header parse (``Image.open``: info, applist, EXIF, ICC; no pixel decode) that
+must show no EXIF beyond Orientation, no XMP, no text, and an ICC profile with nothing but colour.
+
+Then the picture itself. Where the copy is the input's own coded image data (JPEG, PNG/APNG,
+WebP, GIF copied losslessly) it is proved by bytes: ``formats.photo.proof`` walks input and copy
+on its own and their image-defining parts must be identical, which proves identical pixels for
+every frame without decoding any. Where pixels were produced (HEIC/AVIF/TIFF re-encoded, a
+damaged photo salvaged) the copy is decoded in full. Audio and video modules do their ffprobe and
+mutagen checks inside their ``inspect``.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-from worker import formats
+from worker import formats, icc
 from worker.errors import SanitizeError, verify_failed
 from worker.formats.base import Rebuilt
+from worker.formats.photo.proof import IMAGE_PROOFS, differences
 
 # Pillow `info` keys that are pure rendering data; anything else in `info` is a finding.
 PILLOW_TECHNICAL_INFO = frozenset({
@@ -24,8 +33,75 @@ PILLOW_TECHNICAL_INFO = frozenset({
 ORIENTATION_TAG = 0x0112
 
 
+def _metadata_findings(im, frame: int = 0, decoded: bool = True) -> list[str]:
+    findings: list[str] = []
+    # "exif" is judged by its content below (an Orientation-only EXIF may stay), not by presence
+    extra = sorted(k for k in im.info if str(k).lower() not in PILLOW_TECHNICAL_INFO | {"exif"})
+    findings += [f"Pillow info key {k!r} in frame {frame}" for k in extra]
+    if decoded:
+        exif = im.getexif()
+    else:
+        # getexif() would decode a PNG to look for a late eXIf; the header's own EXIF is read
+        # instead, and the format's walk (``inspect``) checks every eXIf wherever it sits
+        from PIL import Image
+
+        exif = Image.Exif()
+        if im.info.get("exif"):
+            exif.load(im.info["exif"])
+    tags = {t for t in exif if t != ORIENTATION_TAG}
+    if tags:
+        findings.append(f"EXIF tags besides Orientation: {sorted(tags)}")
+    for ifd in (0x8825, 0x8769, 0xA005):   # GPS, Exif, Interop sub-IFDs
+        if exif.get_ifd(ifd):
+            findings.append(f"EXIF sub-IFD {ifd:#06x} present")
+    if getattr(im, "applist", None):
+        kept = {m for m, _ in im.applist} - {"APP0", "APP2", "APP14"}
+        if kept - {"APP1"}:
+            findings.append(f"JPEG segments outside the allow-list: {sorted(kept)}")
+    profile = im.info.get("icc_profile")
+    if profile:
+        findings += icc.findings(profile)
+        findings += list(_lcms_findings(profile))
+    return findings
+
+
+@functools.lru_cache(maxsize=32)
+def _lcms_findings(profile: bytes) -> tuple[str, ...]:
+    """LittleCMS's own reading of the profile's text: a second reader beside ``icc.findings``."""
+    import io
+
+    from PIL import ImageCms
+
+    try:
+        cms = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        description = ImageCms.getProfileDescription(cms).strip()
+        copyright_text = ImageCms.getProfileCopyright(cms).strip()
+        maker = (ImageCms.getProfileManufacturer(cms) + ImageCms.getProfileModel(cms)).strip()
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        return (f"LittleCMS cannot read the copy's ICC profile: {e}",)
+    found = []
+    if description != icc.NEUTRAL_DESCRIPTION:
+        found.append(f"ICC description {description[:40]!r}")
+    if copyright_text or maker:
+        found.append("ICC copyright, maker or model text")
+    return tuple(found)
+
+
+def pillow_header_findings(path: Path) -> list[str]:
+    """Pillow's header parse of the copy (no pixel decode): whatever metadata it exposes."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return _metadata_findings(im, decoded=False)
+    except SanitizeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a copy Pillow cannot even open is not publishable
+        return [f"Pillow cannot read the copy: {type(e).__name__}: {e}"]
+
+
 def pillow_findings(path: Path) -> list[str]:
-    """Decode the copy with Pillow and list whatever metadata it still exposes."""
+    """Decode the copy with Pillow, every frame, and list whatever metadata it still exposes."""
     from PIL import Image
 
     findings: list[str] = []
@@ -37,20 +113,7 @@ def pillow_findings(path: Path) -> list[str]:
                 if index:
                     im.seek(index)
                     im.load()
-                # "exif" is judged by its content below (an Orientation-only EXIF may stay), not by presence
-                extra = sorted(k for k in im.info if str(k).lower() not in PILLOW_TECHNICAL_INFO | {"exif"})
-                findings += [f"Pillow info key {k!r} in frame {index}" for k in extra]
-            exif = im.getexif()
-            tags = {t for t in exif if t != ORIENTATION_TAG}
-            if tags:
-                findings.append(f"EXIF tags besides Orientation: {sorted(tags)}")
-            for ifd in (0x8825, 0x8769, 0xA005):   # GPS, Exif, Interop sub-IFDs
-                if exif.get_ifd(ifd):
-                    findings.append(f"EXIF sub-IFD {ifd:#06x} present")
-            if getattr(im, "applist", None):
-                kept = {m for m, _ in im.applist} - {"APP0", "APP2", "APP14"}
-                if kept - {"APP1"}:
-                    findings.append(f"JPEG segments outside the allow-list: {sorted(kept)}")
+                findings += _metadata_findings(im, index)
     except SanitizeError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure means the copy is not publishable
@@ -58,8 +121,12 @@ def pillow_findings(path: Path) -> list[str]:
     return findings
 
 
-def verify_copy(path: Path, rebuilt: Rebuilt) -> None:
-    """Raise SanitizeError(verify_failed) unless the copy at ``path`` is clean and decodes."""
+def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None) -> None:
+    """Raise SanitizeError(verify_failed) unless the copy at ``path`` is clean and shows the media.
+
+    ``source`` is the input: a lossless photo copy is proved against it by bytes. Without it (or
+    for a copy whose pixels were produced: a re-encode, a salvage) the copy is decoded instead.
+    """
     try:
         fmt = formats.identify(path)
     except SanitizeError as e:
@@ -68,6 +135,20 @@ def verify_copy(path: Path, rebuilt: Rebuilt) -> None:
         raise verify_failed(f"the copy reads as {fmt.name}, the rebuild declared {rebuilt.format}")
     findings = list(fmt.inspect(path))
     if fmt.kind == "photo":
-        findings += pillow_findings(path)
+        if source is not None and _copied_losslessly(source, rebuilt):
+            findings += pillow_header_findings(path)
+            findings += differences(fmt.name, source.read_bytes(), path.read_bytes())
+        else:
+            findings += pillow_findings(path)
     if findings:
         raise verify_failed("the copy still holds: " + "; ".join(findings[:10]))
+
+
+def _copied_losslessly(source: Path, rebuilt: Rebuilt) -> bool:
+    """Whether the copy is the input's own coded image data: same format, a lossless family, no salvage."""
+    if getattr(rebuilt, "salvage_reason", None) or rebuilt.format not in IMAGE_PROOFS:
+        return False
+    try:
+        return formats.identify(source).name == rebuilt.format
+    except SanitizeError:
+        return False

@@ -6,8 +6,11 @@ for byte, so every frame decodes identically; the NETSCAPE2.0 / ANIMEXTS1.0 loop
 to its one defined sub-block. Comment and plain-text extensions, XMP and every other application
 extension, and anything after the trailer, are dropped.
 
-The ICC profile extension (ICCRGBG1012) is kept, as ICC is in every other photo format: it is
-colour data, needed to show the picture as taken, and the verifier reads it as ``icc_profile``.
+Graphic control extensions are cut to their 4 defined bytes. The ICC profile extension
+(ICCRGBG1012) is kept, as ICC is in every other photo format, with its profile rebuilt by
+``worker.icc``. Every frame must lie inside the logical screen, and frames x screen pixels are
+budgeted; the LZW data is decoded once from the input (within ``reencode.DECODE_CHECK_PIXELS``)
+because the copy carries it byte for byte.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import corrupt, too_large, truncated
+from worker import icc
+from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.formats.base import Format, Limits, Rebuilt
+from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -27,6 +32,9 @@ GRAPHIC_CONTROL, COMMENT, PLAIN_TEXT, APPLICATION = 0xF9, 0xFE, 0x01, 0xFF
 LOOP_APPLICATIONS = (b"NETSCAPE2.0", b"ANIMEXTS1.0")
 ICC_APPLICATION = b"ICCRGBG1012"
 XMP_APPLICATION = b"XMP DataXMP"
+GRAPHIC_CONTROL_BYTES = 4   # flags, delay, transparent index
+MAX_BLOCKS = 100_000         # budget on the block walk, set before it starts
+MAX_LZW_CODE_SIZE = 11       # the LZW minimum code size is 2..8 by the spec; decoders accept up to 11
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,10 @@ def walk(data: bytes) -> Walk:
     if pos > len(data):
         raise truncated("the GIF ends inside its global colour table")
     screen_end, blocks = pos, []
+    screen_width, screen_height = struct.unpack("<HH", data[6:10])
     while True:
+        if len(blocks) > MAX_BLOCKS:
+            raise too_large(f"over {MAX_BLOCKS} GIF blocks")
         if pos >= len(data):
             if any(b.kind == IMAGE_SEPARATOR for b in blocks):
                 return Walk(screen_end, tuple(blocks), False, 0)   # a missing trailer loses nothing
@@ -90,12 +101,17 @@ def walk(data: bytes) -> Walk:
         if introducer == IMAGE_SEPARATOR:
             if pos + 10 > len(data):
                 raise truncated(f"the GIF ends inside an image descriptor at offset {pos}")
-            width, height, packed = struct.unpack("<HHB", data[pos + 5:pos + 10])
+            left, top, width, height, packed = struct.unpack("<HHHHB", data[pos + 1:pos + 10])
             if not width or not height:
                 raise corrupt(f"a GIF image at offset {pos} declares {width}x{height} pixels")
+            if left + width > screen_width or top + height > screen_height:
+                raise corrupt(f"a GIF image of {width}x{height} at {left},{top} lies outside the "
+                              f"{screen_width}x{screen_height} screen")
             lzw = pos + 10 + _colour_table_size(packed)
             if lzw + 1 > len(data):
                 raise truncated(f"the GIF ends inside an image's colour table at offset {pos}")
+            if not 1 <= data[lzw] <= MAX_LZW_CODE_SIZE:
+                raise corrupt(f"a GIF image at offset {pos} declares LZW code size {data[lzw]}")
             end, _ = _sub_blocks(data, lzw + 1)
             blocks.append(Block(IMAGE_SEPARATOR, pos, end, b"", b""))
         elif introducer == EXTENSION:
@@ -124,17 +140,38 @@ def _check(data: bytes, w: Walk, limits: Limits) -> None:
     frames = sum(1 for b in w.blocks if b.kind == IMAGE_SEPARATOR)
     if frames > limits.max_frames:
         raise too_large(f"{frames} frames is over the limit of {limits.max_frames}")
+    if frames * width * height > animation_pixel_budget(limits):
+        raise too_large(f"{frames} frames of {width}x{height} is over the animation budget of "
+                        f"{animation_pixel_budget(limits)} pixels")
 
 
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk]:
-    data = path.read_bytes()
-    w = walk(data)
-    _check(data, w, limits)
+    """The file and its checked walk, once per file: locate and rebuild share them."""
+    def read(p: Path) -> tuple[bytes, Walk]:
+        data = p.read_bytes()
+        w = walk(data)
+        _check(data, w, limits)
+        return data, w
+    read.__qualname__ = f"gif.read:{limits!r}"
+    return once_per_file(path, read)
+
+
+def _checked_for_copy(path: Path, limits: Limits) -> tuple[bytes, Walk]:
+    """The walk, and the LZW data proved decodable: a copy is byte-identical, so it must be sound."""
+    data, w = _read(path, limits)
+    width, height = struct.unpack("<HH", data[6:10])
+    frames = sum(1 for b in w.blocks if b.kind == IMAGE_SEPARATOR)
+    reencode.check_decodes(path, frames, width, height, "GIF")
     return data, w
 
 
 def locate(path: Path, limits: Limits) -> Found:
-    _, w = _read(path, limits)
+    try:
+        _, w = _read(path, limits)
+    except SanitizeError as e:
+        if e.code == "too_large":
+            raise
+        return Found(notes=(f"gif: damaged file, metadata not read ({e.message})",))
     return choose([locate_in_xmp(b.body[:MAX_XMP_BYTES]) for b in w.blocks
                    if b.kind == APPLICATION and b.application == XMP_APPLICATION])
 
@@ -159,15 +196,44 @@ def describe(block: Block) -> str:
     return f"extension {block.kind:#04x}"
 
 
+def _icc_extension(block: Block) -> bytes | None:
+    """The ICC application extension with its profile rebuilt by ``worker.icc``; None when unreadable."""
+    profile = icc.clean(block.body)
+    if profile is None:
+        return None
+    blocks = b"".join(bytes((len(profile[i:i + 255]),)) + profile[i:i + 255] for i in range(0, len(profile), 255))
+    return b"\x21\xff\x0b" + ICC_APPLICATION + blocks + b"\x00"
+
+
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
-    data, w = _read(src, limits)
+    try:
+        data, w = _checked_for_copy(src, limits)
+        release_read()
+    except SanitizeError as e:
+        if e.code not in ("corrupt", "truncated"):
+            raise
+        return reencode.salvage(src, dst, limits, e)
+    icc_written = False
     out, removed = [data[:w.screen_end]], []
     loop_written = False
     for b in w.blocks:
-        if b.kind in (IMAGE_SEPARATOR, GRAPHIC_CONTROL):
+        if b.kind == IMAGE_SEPARATOR:
             out.append(data[b.start:b.end])
-        elif b.kind == APPLICATION and b.application == ICC_APPLICATION:
-            out.append(data[b.start:b.end])
+        elif b.kind == GRAPHIC_CONTROL:
+            # its one defined 4-byte sub-block only: more sub-blocks or a longer one are carriers
+            if len(b.body) < GRAPHIC_CONTROL_BYTES:
+                removed.append("graphic control extension shorter than 4 bytes")
+                continue
+            out.append(b"\x21\xf9\x04" + b.body[:GRAPHIC_CONTROL_BYTES] + b"\x00")
+            if len(b.body) > GRAPHIC_CONTROL_BYTES:
+                removed.append("graphic control extension slack")
+        elif b.kind == APPLICATION and b.application == ICC_APPLICATION and not icc_written:
+            extension = _icc_extension(b)
+            if extension is None:
+                removed.append("ICC profile extension (unreadable or not reproducible without its text)")
+            else:
+                out.append(extension)
+                icc_written = True
         elif b.kind == APPLICATION and b.application in LOOP_APPLICATIONS and not loop_written:
             loop = _loop_extension(b)
             if loop is not None:
@@ -195,7 +261,7 @@ def inspect(path: Path) -> list[str]:
     pos = 13 + _colour_table_size(data[10])
     images = 0
     while pos < len(data) and data[pos] != TRAILER:
-        introducer = data[pos]
+        introducer, profile = data[pos], None
         if introducer == IMAGE_SEPARATOR and pos + 11 <= len(data):
             pos += 10 + _colour_table_size(data[pos + 9]) + 1
             images += 1
@@ -206,15 +272,24 @@ def inspect(path: Path) -> list[str]:
             if label == APPLICATION and name in LOOP_APPLICATIONS:
                 if data[pos + 14:pos + 19] != b"\x03\x01" + data[pos + 16:pos + 18] + b"\x00":
                     findings.append(f"{name.decode('latin-1')} extension with more than the loop count")
-            elif not (label == GRAPHIC_CONTROL or (label == APPLICATION and name == ICC_APPLICATION)):
+            elif label == APPLICATION and name == ICC_APPLICATION:
+                profile = []
+            elif label == GRAPHIC_CONTROL:
+                if data[pos + 2:pos + 3] != b"\x04" or data[pos + 7:pos + 8] != b"\x00":
+                    findings.append("graphic control extension with more than its 4 bytes")
+            else:
                 findings.append(f"{describe(Block(label, pos, pos, name, b''))} is not on the allow-list")
             pos += 2
         else:
             findings.append(f"unexpected GIF block introducer {introducer:#04x} at offset {pos}")
             return findings
         while pos < len(data) and data[pos]:   # skip the sub-blocks to their terminator
+            if profile is not None:
+                profile.append(data[pos + 1:pos + 1 + data[pos]])
             pos += 1 + data[pos]
         pos += 1
+        if profile is not None:
+            findings += icc.findings(b"".join(profile[1:]))
     if pos >= len(data):
         findings.append("no GIF trailer")
     elif pos != len(data) - 1:

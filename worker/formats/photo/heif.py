@@ -93,7 +93,7 @@ def open_heic(path: Path) -> Image.Image:
 
     try:
         return HeifImageFile(path)
-    except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+    except (SyntaxError, ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError) as e:
         raise decoder_error("HEIF container", e) from None
 
 
@@ -103,7 +103,7 @@ def open_avif(path: Path) -> Image.Image:
 
     try:
         return AvifImageFile(path)
-    except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+    except (SyntaxError, ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError) as e:
         raise decoder_error("AVIF container", e) from None
 
 
@@ -136,7 +136,7 @@ def locate_heic(path: Path, limits: Limits) -> Found:
 
     try:
         heif = open_heif(path, convert_hdr_to_8bit=True)
-    except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+    except (SyntaxError, ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError) as e:
         raise decoder_error("HEIF container", e) from None
     primary = heif.primary_index
     order = [primary] + [i for i in range(len(heif)) if i != primary]
@@ -176,7 +176,9 @@ def reencode(opener: Callable[[Path], Image.Image], what: str, container: str) -
             icc = image.info.get("icc_profile") or None
             try:
                 image.load()
-            except (SyntaxError, ValueError, RuntimeError, EOFError, OSError) as e:
+            except MemoryError:
+                raise too_large(f"the {what} image does not fit in memory") from None
+            except Exception as e:  # noqa: BLE001 - libheif/libavif errors arrive as many types; all are the input's
                 raise decoder_error(f"{what} image", e) from None
             write_jpeg(image, dst, icc)
         return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=removed)

@@ -2,9 +2,14 @@
 
 The agency copy is the original's own chunks, copied byte for byte (CRC included) when they are on
 DESIGN.md's allow-list: IHDR PLTE tRNS IDAT IEND, the colour chunks, pHYs, bKGD and the APNG
-animation chunks, in their original order (so APNG sequence numbers stay valid). Image data is
-never decoded, so every frame is bit-identical. Text (tEXt, zTXt, iTXt), eXIf, tIME, private and
-unknown chunks, and anything after IEND, are dropped.
+animation chunks, in their original order (so APNG sequence numbers stay valid); iCCP is rebuilt
+by ``worker.icc`` under a neutral name. Kept chunks must have their defined length (a longer
+bKGD or pHYs is a carrier: dropped). Image data is never decoded, so every frame is bit-identical;
+the IDAT stream is inflated once (output discarded) to prove it sound. Text (tEXt, zTXt, iTXt),
+eXIf, tIME, private and unknown chunks, and anything after IEND, are dropped.
+
+Budgets set before the work: chunk count, total text inflated (too_large past it), iCCP inflate
+size, frames x canvas pixels for APNG.
 
 Orientation: PNG has no orientation field of its own, only EXIF's. When the original displays
 rotated (its EXIF, or failing that its XMP, says so, the way Pillow reads it), the copy gets a
@@ -23,10 +28,12 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import corrupt, too_large, truncated, unsupported
+from worker import icc
+from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
 from worker.exif import MAX_EXIF_BYTES, TAG_ORIENTATION, describe_exif, locate_in_exif, orientation_of, orientation_only_exif, \
     orientation_only_findings, tiff_body
 from worker.formats.base import Format, Limits, Rebuilt
+from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -40,6 +47,11 @@ IMAGE_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"acTL", 
 COLOUR_CHUNKS = frozenset({b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"bKGD"})
 ALLOWED = IMAGE_CHUNKS | COLOUR_CHUNKS | {b"eXIf"}   # eXIf only as a minimal Orientation EXIF
 TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+MAX_CHUNKS = 200_000                     # budget on the chunk walk, set before it starts
+MAX_METADATA_BYTES = 32 * 1024 * 1024    # budget on all text a PNG may make us inflate and read
+# fixed lengths of kept chunks (PNG spec); a longer chunk is a carrier, not a hint
+FIXED_LENGTHS = {b"IHDR": (13,), b"gAMA": (4,), b"cHRM": (32,), b"sRGB": (1,), b"pHYs": (9,), b"sBIT": (1, 2, 3, 4),
+                 b"bKGD": (1, 2, 6), b"acTL": (8,), b"fcTL": (26,)}
 
 XMP_KEYWORD = b"XML:com.adobe.xmp"
 RAW_PROFILE_PREFIX = b"Raw profile type "
@@ -75,6 +87,8 @@ def walk(data: bytes) -> Walk:
     chunks: list[PngChunk] = []
     pos = len(SIGNATURE)
     while True:
+        if len(chunks) > MAX_CHUNKS:
+            raise too_large(f"over {MAX_CHUNKS} PNG chunks")
         if len(data) - pos < 12:
             raise truncated(f"the PNG ends at offset {pos} before its IEND chunk")
         length, chunk_type = struct.unpack(">I4s", data[pos:pos + 8])
@@ -117,12 +131,85 @@ def _check(result: Walk, limits: Limits) -> None:
         (frames,) = struct.unpack(">I", actl.data[:4])
         if frames > limits.max_frames:
             raise too_large(f"{frames} frames is over the limit of {limits.max_frames}")
+        if frames * width * height > animation_pixel_budget(limits):
+            raise too_large(f"{frames} frames of {width}x{height} is over the animation budget of "
+                            f"{animation_pixel_budget(limits)} pixels")
+    sequence, frame_has_data = 0, True
+    for c in result.chunks:
+        if c.type in (b"fcTL", b"fdAT"):   # APNG sequence numbers run 0, 1, 2, ... over both
+            if len(c.data) < 4 or struct.unpack(">I", c.data[:4])[0] != sequence:
+                raise corrupt(f"the APNG {c.type.decode()} chunk breaks the frame sequence at {sequence}")
+            sequence += 1
+        if c.type == b"fcTL":
+            if not frame_has_data:
+                raise corrupt("an APNG frame has no image data")
+            frame_has_data = False
+        elif c.type in (b"IDAT", b"fdAT"):
+            frame_has_data = True
+    if not frame_has_data:
+        raise corrupt("the last APNG frame has no image data")
+    for c in result.chunks:
+        lengths = FIXED_LENGTHS.get(c.type)
+        if lengths and len(c.data) not in lengths and c.type in IMAGE_CHUNKS:
+            raise corrupt(f"the PNG {c.type.decode()} chunk is {len(c.data)} bytes, not {lengths[0]}")
+        if c.type == b"fcTL" and len(c.data) == 26:
+            w, h, x, y = struct.unpack(">IIII", c.data[4:20])
+            if not w or not h or x + w > width or y + h > height:
+                raise corrupt(f"an APNG frame of {w}x{h} at {x},{y} lies outside the {width}x{height} canvas")
+        if c.type == b"PLTE" and (len(c.data) % 3 or len(c.data) > 768):
+            raise corrupt(f"the PNG palette is {len(c.data)} bytes")
+        if c.type == b"tRNS":
+            colour = first.data[9]
+            allowed = {0: 2, 2: 6, 3: 256}.get(colour, -1)
+            if (colour == 3 and len(c.data) > allowed) or (colour != 3 and len(c.data) != allowed):
+                raise corrupt(f"the PNG tRNS chunk is {len(c.data)} bytes for colour type {colour}")
 
 
-def _read(path: Path, limits: Limits) -> Walk:
-    result = walk(path.read_bytes())
-    _check(result, limits)
-    return result
+def _read(path: Path, limits: Limits) -> tuple[bytes, Walk, "Embedded"]:
+    """The file, its checked walk and its embedded metadata, once per file: locate and rebuild share them."""
+    def read(p: Path) -> tuple[bytes, Walk, Embedded]:
+        data = p.read_bytes()
+        result = walk(data)
+        _check(result, limits)
+        return data, result, embedded(result.chunks)
+    read.__qualname__ = f"png.read:{limits!r}"
+    return once_per_file(path, read)
+
+
+CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}   # IHDR colour type -> samples per pixel
+
+
+def check_image_data(result: Walk) -> None:
+    """Inflate the IDAT stream (C speed, output discarded in 1 MiB steps) within the size IHDR allows.
+
+    A copy carries IDAT byte for byte, so a stream that does not inflate (valid CRCs around broken
+    data) must be refused here, before the rebuild, not published as an identical broken copy.
+    """
+    width, height, depth, colour = struct.unpack(">IIBB", result.chunks[0].data[:10])
+    if colour not in CHANNELS or depth not in (1, 2, 4, 8, 16):
+        raise corrupt(f"the PNG declares colour type {colour} at depth {depth}")
+    row = 1 + (width * CHANNELS[colour] * depth + 7) // 8
+    bound = 2 * height * row + 4096          # Adam7 interlacing adds a filter byte per pass row
+    inflater, produced, after_end = zlib.decompressobj(), 0, False
+    try:
+        for c in result.chunks:
+            if c.type != b"IDAT":
+                continue
+            if inflater.eof:
+                after_end = after_end or bool(c.data)
+                continue
+            pending = c.data
+            while pending and not inflater.eof:
+                produced += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+                if produced > bound:
+                    raise corrupt(f"the PNG image data inflates past the {bound} bytes its header allows")
+    except zlib.error as e:
+        raise corrupt(f"the PNG image data does not inflate: {e}") from None
+    if not inflater.eof:
+        raise truncated("the PNG image data stream ends early")
+    if inflater.unused_data or after_end:
+        raise corrupt("the PNG image data holds bytes after its compressed stream")
 
 
 def _inflate(compressed: bytes, cap: int) -> bytes | None:
@@ -135,23 +222,35 @@ def _inflate(compressed: bytes, cap: int) -> bytes | None:
     return None if inflater.unconsumed_tail else out
 
 
-def text_of(chunk: PngChunk) -> tuple[bytes, bytes | None]:
-    """(keyword, text bytes) of a tEXt/zTXt/iTXt chunk; text None when unreadable or over the cap."""
+def text_of(chunk: PngChunk, cap: int = MAX_TEXT_BYTES) -> tuple[bytes, bytes | None]:
+    """(keyword, text bytes) of a tEXt/zTXt/iTXt chunk; text None when unreadable, too_large over ``cap``."""
     keyword, sep, rest = chunk.data.partition(b"\x00")
     if not sep:
         return keyword[:79], None
     if chunk.type == b"tEXt":
-        return keyword, rest[:MAX_TEXT_BYTES]
+        return keyword, rest[:cap]
     if chunk.type == b"zTXt":
-        return keyword, _inflate(rest[1:], MAX_TEXT_BYTES) if rest[:1] == b"\x00" else None
+        return keyword, _inflate_capped(rest[1:], cap) if rest[:1] == b"\x00" else None
     if len(rest) < 2:
         return keyword, None
     compressed, method, rest = rest[0], rest[1], rest[2:]
     _language, _, rest = rest.partition(b"\x00")
     _translated, _, text = rest.partition(b"\x00")
     if not compressed:
-        return keyword, text[:MAX_TEXT_BYTES]
-    return keyword, _inflate(text, MAX_TEXT_BYTES) if method == 0 else None
+        return keyword, text[:cap]
+    return keyword, _inflate_capped(text, cap) if method == 0 else None
+
+
+def _inflate_capped(compressed: bytes, cap: int) -> bytes | None:
+    """Decompress, refusing (too_large) a stream that inflates past ``cap``: a budget, not a cut."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(compressed, cap)
+    except zlib.error:
+        return None
+    if inflater.unconsumed_tail:
+        raise too_large(f"a PNG text chunk inflates past {cap} bytes")
+    return out
 
 
 def raw_profile(text: bytes) -> bytes | None:
@@ -176,15 +275,21 @@ class Embedded:
 
 
 def embedded(chunks: tuple[PngChunk, ...]) -> Embedded:
+    """Every EXIF and XMP blob, within ``MAX_METADATA_BYTES`` read and inflated in all: past that,
+    too_large (600 zTXt chunks each inflating to 4 MiB are refused, not read)."""
     exif, raw_exif, xmp = [], [], []
+    budget = MAX_METADATA_BYTES
     for c in chunks:
         if c.type == b"eXIf":
             exif.append(c.data[:MAX_EXIF_BYTES])
         if c.type not in TEXT_CHUNKS:
             continue
-        keyword, text = text_of(c)
+        keyword, text = text_of(c, min(budget, MAX_TEXT_BYTES))
         if text is None:
             continue
+        budget -= max(len(text), len(c.data))
+        if budget <= 0:
+            raise too_large(f"the PNG's text chunks hold over {MAX_METADATA_BYTES} bytes of metadata")
         if keyword == XMP_KEYWORD:
             xmp.append(text[:MAX_XMP_BYTES])
         elif keyword.startswith(RAW_PROFILE_PREFIX):
@@ -204,7 +309,12 @@ def embedded(chunks: tuple[PngChunk, ...]) -> Embedded:
 
 
 def locate(path: Path, limits: Limits) -> Found:
-    found = embedded(_read(path, limits).chunks)
+    try:
+        _data, _walk, found = _read(path, limits)
+    except SanitizeError as e:
+        if e.code == "too_large":
+            raise
+        return Found(notes=(f"png: damaged file, metadata not read ({e.message})",))
     return choose([locate_in_exif(blob) for blob in found.exif] + [locate_in_xmp(packet) for packet in found.xmp])
 
 
@@ -240,12 +350,27 @@ def _chunk_bytes(chunk_type: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + chunk_type + body + struct.pack(">I", zlib.crc32(chunk_type + body))
 
 
-def _iccp(chunk: PngChunk) -> bytes:
-    """iCCP with its free-text name replaced; the compressed profile itself is copied byte for byte."""
+def _iccp(chunk: PngChunk) -> bytes | None:
+    """iCCP with a neutral name and the profile rebuilt by ``worker.icc``; None when unreadable.
+
+    The declared inflate size is a budget: a profile inflating past ``icc.MAX_PROFILE_BYTES`` is
+    refused (too_large) before anything is allocated for it."""
     _name, sep, rest = chunk.data.partition(b"\x00")
     if not sep or len(_name) > 79:
         raise corrupt("the PNG iCCP chunk has no profile name terminator")
-    return _chunk_bytes(b"iCCP", ICC_PROFILE_NAME + b"\x00" + rest)
+    if rest[:1] != b"\x00":
+        return None
+    inflater = zlib.decompressobj()
+    try:
+        profile = inflater.decompress(rest[1:], icc.MAX_PROFILE_BYTES)
+    except zlib.error:
+        return None
+    if inflater.unconsumed_tail:
+        raise too_large(f"the PNG iCCP profile inflates past {icc.MAX_PROFILE_BYTES} bytes")
+    clean = icc.clean(profile)
+    if clean is None:
+        return None
+    return _chunk_bytes(b"iCCP", ICC_PROFILE_NAME + b"\x00\x00" + zlib.compress(clean, 9))
 
 
 def describe(chunk: PngChunk) -> str:
@@ -264,10 +389,14 @@ def describe(chunk: PngChunk) -> str:
 
 
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
-    data = src.read_bytes()
-    result = walk(data)
-    _check(result, limits)
-    blobs = embedded(result.chunks)
+    try:
+        data, result, blobs = _read(src, limits)
+        release_read()
+        check_image_data(result)
+    except SanitizeError as e:
+        if e.code not in ("corrupt", "truncated"):
+            raise
+        return reencode.salvage(src, dst, limits, e)
     orientation = display_orientation(blobs.exif[0] if blobs.exif else None, blobs.xmp[0] if blobs.xmp else None)
     out, removed = [SIGNATURE], []
     for c in result.chunks:
@@ -277,8 +406,18 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             orientation = 1
         if c.type in IMAGE_CHUNKS:
             out.append(data[c.start:c.end])
+        elif c.type == b"iCCP" and c.crc_ok:
+            profile = _iccp(c)
+            if profile is None:
+                removed.append("iCCP (profile unreadable or not reproducible without its text)")
+            else:
+                out.append(profile)
         elif c.type in COLOUR_CHUNKS and c.crc_ok:
-            out.append(_iccp(c) if c.type == b"iCCP" else data[c.start:c.end])
+            lengths = FIXED_LENGTHS.get(c.type)
+            if lengths and len(c.data) not in lengths:
+                removed.append(f"{c.type.decode()} of the wrong length ({len(c.data)} bytes)")
+            else:
+                out.append(data[c.start:c.end])
         else:
             removed.append(describe(c))
     if result.trailer:
@@ -315,8 +454,14 @@ def inspect(path: Path) -> list[str]:
             findings.append(f"chunk {chunk_type.decode('latin-1', 'replace')} is not on the allow-list")
         elif chunk_type == b"eXIf":
             findings += orientation_only_findings(body)
-        elif chunk_type == b"iCCP" and not body.startswith(ICC_PROFILE_NAME + b"\x00"):
-            findings.append("iCCP with a profile name other than the neutral one")
+        elif chunk_type == b"iCCP":
+            if not body.startswith(ICC_PROFILE_NAME + b"\x00\x00"):
+                findings.append("iCCP with a profile name other than the neutral one")
+            else:
+                profile = _inflate(body[len(ICC_PROFILE_NAME) + 2:], icc.MAX_PROFILE_BYTES)
+                findings += icc.findings(profile) if profile is not None else ["iCCP that does not inflate"]
+        elif chunk_type in FIXED_LENGTHS and len(body) not in FIXED_LENGTHS[chunk_type]:
+            findings.append(f"chunk {chunk_type.decode('latin-1')} of {len(body)} bytes")
         seen.append(chunk_type)
         pos = end
         if chunk_type == b"IEND":

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
-from worker.errors import SanitizeError, unsupported
+from worker import icc as icc_profiles
+from worker.errors import SanitizeError, corrupt, too_large, unsupported
+from worker.formats.base import Limits, Rebuilt
 
 # Tried in order until the copy is visually equal to the decoded input: 95 is plenty for camera
 # photos; lossless sources (TIFF scans, screenshots) with fine detail can need more.
@@ -42,6 +46,8 @@ def upright(image: Image.Image) -> Image.Image:
     HEIF irot/imir while decoding and resets EXIF Orientation to 1; Pillow's AVIF plugin writes
     irot/imir into the Orientation it reports. So one ``exif_transpose`` is right for all three.
     """
+    if image.getexif().get(0x0112, 1) in (None, 1):
+        return image   # already upright: exif_transpose would hand back a full-size copy for nothing
     return ImageOps.exif_transpose(image)
 
 
@@ -56,14 +62,14 @@ def to_jpeg_mode(image: Image.Image, icc: bytes | None) -> Image.Image:
         # Pillow clips 16-bit grey to 8 bits; scale it instead, or a scan turns white.
         image = image.convert("I").point(lambda value: value * (1 / 257))
     try:
-        return image.convert(mode) if image.mode != mode else image.copy()
+        return image.convert(mode) if image.mode != mode else image   # no full-size copy when the mode is right
     except ValueError as e:   # e.g. LAB or multi-sample TIFFs Pillow cannot convert
         raise unsupported(f"cannot convert a {image.mode} picture to {mode} for the agency copy ({e})") from None
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
     """Peak signal-to-noise ratio of two same-size pictures, over their RGB values, in dB."""
-    difference = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+    difference = ImageChops.difference(a if a.mode == "RGB" else a.convert("RGB"), b if b.mode == "RGB" else b.convert("RGB"))
     squares = sum(ImageStat.Stat(difference).sum2)
     if squares == 0:
         return math.inf
@@ -73,7 +79,8 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
 def encode_jpeg(picture: Image.Image, quality: int, icc: bytes | None) -> bytes:
     """Pillow's JPEG writer, given the profile and nothing else: no EXIF, no XMP, no comment."""
     out = io.BytesIO()
-    picture.save(out, "JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING_444, icc_profile=icc, optimize=True)
+    # no optimize=True: it costs ~4x the encode time for 2-5% smaller files
+    picture.save(out, "JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING_444, icc_profile=icc)
     return out.getvalue()
 
 
@@ -84,8 +91,8 @@ def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
     of ``JPEG_QUALITIES`` whose result is visually equal to the decoded picture is kept; returns it.
     """
     picture = to_jpeg_mode(upright(image), icc)
-    picture.info = {}
-    keep_icc = icc if icc_space(icc) == picture.mode else None
+    picture.info = {}   # may be the caller's own image: it is not used after this
+    keep_icc = icc_profiles.clean(icc) if icc and icc_space(icc) == picture.mode else None
     for quality in JPEG_QUALITIES:
         data = encode_jpeg(picture, quality, keep_icc)
         if quality == JPEG_QUALITIES[-1]:
@@ -100,4 +107,68 @@ def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
     return quality
 
 
-__all__ = ["write_jpeg", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES"]
+# Coded image data the walks cannot judge (LZW, VP8/VP8L) is decoded once from the input when the
+# whole animation costs at most this many pixels; larger ones rely on the walks and the byte proof.
+DECODE_CHECK_PIXELS = 64_000_000
+
+
+def check_decodes(src: Path, frames: int, width: int, height: int, what: str) -> None:
+    """SanitizeError(corrupt) when Pillow cannot decode every frame of ``src`` (within the budget).
+
+    A byte flip inside LZW or VP8 data passes every structure walk, and a copy of it would be
+    byte-identical yet undecodable: refused here, before the rebuild, so ``salvage`` can try.
+    """
+    if frames * width * height > DECODE_CHECK_PIXELS:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(src) as image:
+                image.load()
+                for index in range(1, frames):
+                    image.seek(index)
+                    image.load()
+    except Exception as e:  # noqa: BLE001 - any decoder complaint means the input's image data is broken
+        raise corrupt(f"the {what} image data does not decode ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class Salvaged(Rebuilt):
+    """A copy re-encoded from the decoded pixels of an input whose container is damaged."""
+
+    salvage_reason: str = ""
+
+
+def salvage(src: Path, dst: Path, limits: Limits, damage: SanitizeError, *, truncated_ok: bool = False) -> Salvaged:
+    """Decode ``src`` with Pillow and write it as a clean JPEG; ``damage`` (why the container walk
+    refused it) is raised when nothing decodes, and is the salvage reason when something does.
+
+    ``truncated_ok`` lets Pillow's JPEG decoder finish a picture whose data stops early (grey below
+    the cut), as viewers show it; it is set only around this one decode.
+    """
+    from PIL import ImageFile
+
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(src) as image:
+                width, height = image.size
+                if width * height > limits.max_pixels:
+                    raise too_large(f"{width}x{height} pixels is over the limit of {limits.max_pixels}")
+                ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
+                image.load()
+                icc = image.info.get("icc_profile") or None
+                write_jpeg(image, dst, icc)
+    except SanitizeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow's many ways of saying "cannot decode" are one answer here
+        raise SanitizeError(damage.code, f"{damage.message}; no decoder shows the picture either "
+                                         f"({type(e).__name__}: {e})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return Salvaged(format="jpeg", media_type="image/jpeg", extension=".jpg",
+                    removed=("the damaged container and all its metadata",), salvage_reason=damage.message)
+
+
+__all__ = ["write_jpeg", "salvage", "Salvaged", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES"]

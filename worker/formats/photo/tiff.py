@@ -62,8 +62,33 @@ def open_tiff(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # Pillow warns on odd tags; they are not copied anyway
             return TiffImageFile(path)
-    except (SyntaxError, ValueError, struct.error, EOFError, OSError) as e:
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, EOFError, OSError) as e:
         raise decoder_error(e) from None
+
+
+def has_more_pages(path: Path) -> bool:
+    """Whether IFD0 links to a next IFD: read from the header and IFD0's entry count, not by walking
+    pages (Pillow's n_frames visits every page: 30 s on 60,000 pages, and it raises on broken ones)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        try:
+            if big:
+                (ifd0,) = struct.unpack(order + "Q", head[8:16])
+                f.seek(ifd0)
+                (count,) = struct.unpack(order + "Q", f.read(8))
+                f.seek(ifd0 + 8 + 20 * count)
+                (following,) = struct.unpack(order + "Q", f.read(8))
+            else:
+                (ifd0,) = struct.unpack(order + "I", head[4:8])
+                f.seek(ifd0)
+                (count,) = struct.unpack(order + "H", f.read(2))
+                f.seek(ifd0 + 2 + 12 * count)
+                (following,) = struct.unpack(order + "I", f.read(4))
+        except (struct.error, OSError, OverflowError, ValueError):
+            return False
+    return following != 0
 
 
 def refuse_raw(image: Image.Image, head: bytes) -> None:
@@ -104,21 +129,24 @@ def xmp_of(image: Image.Image) -> bytes | None:
 
 def locate(path: Path, limits: Limits) -> Found:
     with open_tiff(path) as image:
-        readings = []
+        readings: list[Found] = []
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 readings.append(locate_in_exif(location_exif(image), source="exif"))
         except Exception as e:  # noqa: BLE001 - a broken GPS/Exif IFD costs the fix, noted, never the upload
             readings.append(Found(notes=(f"exif: unreadable TIFF GPS or Exif IFD ({type(e).__name__}: {e})",)))
-        xmp = xmp_of(image)
+        try:
+            xmp = xmp_of(image)
+        except Exception:  # noqa: BLE001 - an unreadable XMP tag costs its fix only
+            xmp = None
         if xmp:
             readings.append(locate_in_xmp(xmp))
         return choose(readings)
 
 
-def removed_from(image: Image.Image) -> tuple[str, ...]:
-    """What the copy leaves behind, for the report."""
+def removed_from(image: Image.Image, more_pages: bool) -> tuple[str, ...]:
+    """What the copy leaves behind, for the report. Other pages are never opened."""
     tags = image.tag_v2
     removed = [f"TIFF IFD0 ({len(tags)} tags)"]
     try:
@@ -130,7 +158,7 @@ def removed_from(image: Image.Image) -> tuple[str, ...]:
         removed.append("unreadable Exif or GPS IFD")
     removed += [name for tag, name in ((TAG_XMP, "XMP"), (TAG_IPTC, "IPTC"), (TAG_PHOTOSHOP, "Photoshop resources"))
                 if tag in tags]
-    if getattr(image, "n_frames", 1) > 1:
+    if more_pages:
         removed.append("other pages")
     return tuple(removed)
 
@@ -143,11 +171,15 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         width, height = image.size
         if width * height > limits.max_pixels:
             raise too_large(f"the TIFF image is {width}x{height}, over the limit of {limits.max_pixels} pixels")
-        removed = removed_from(image)
+        removed = removed_from(image, has_more_pages(src))
         icc = image.info.get("icc_profile") or None
         try:
-            image.load()
-        except (SyntaxError, ValueError, struct.error, EOFError, OSError) as e:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image.load()
+        except MemoryError:
+            raise too_large("the TIFF's first page does not fit in memory") from None
+        except Exception as e:  # noqa: BLE001 - libtiff and Pillow's decoders raise many types for one cause
             raise decoder_error(e) from None
         write_jpeg(image, dst, icc)
     return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=removed)

@@ -4,6 +4,9 @@ The agency copy is a new RIFF of the original's own VP8X, ICCP, ANIM, ANMF, ALPH
 chunks, payloads copied byte for byte, so every frame decodes bit-identically. Inside each ANMF
 frame only ALPH, VP8 and VP8L are kept. EXIF, XMP and unknown chunks, and anything past the RIFF
 size, are dropped; the VP8X flags are recomputed from what is kept and the RIFF size is exact.
+ICCP is rebuilt by ``worker.icc``; ANIM is cut to its 6 defined bytes; frames must lie inside the
+canvas and frames x canvas pixels are budgeted; the bitstreams are decoded once from the input
+(within ``reencode.DECODE_CHECK_PIXELS``) because the copy carries them byte for byte.
 
 Orientation: WebP has none of its own, only EXIF's. When the original displays rotated (its EXIF,
 or failing that its XMP, says so, as Pillow reads it), the copy keeps a minimal Orientation-only
@@ -16,9 +19,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
+from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
 from worker.formats.walkers.iff import Chunk, chunk, iter_chunks
 from worker.formats.photo.png import display_orientation
 from worker.location import Found, choose
@@ -32,6 +37,8 @@ BITSTREAMS = (b"VP8 ", b"VP8L")
 TOP_LEVEL = frozenset({b"VP8X", b"ICCP", b"ANIM", b"ANMF", b"ALPH", b"VP8 ", b"VP8L"})
 FRAME_CHUNKS = frozenset({b"ALPH", b"VP8 ", b"VP8L"})
 EXIF_PREFIX = b"Exif\x00\x00"
+ANIM_PAYLOAD = 6                 # background colour and loop count: all ANIM defines
+MAX_CHUNKS = 100_000
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,12 @@ def walk(data: bytes) -> Walk:
         raise truncated(f"the WebP declares {riff_size} bytes of RIFF, only {len(data) - 8} are present")
     if riff_size < 4:
         raise corrupt(f"the WebP RIFF size {riff_size} is too small")
-    chunks = tuple(iter_chunks(data, RIFF_HEADER, end))
+    chunks = []
+    for c in iter_chunks(data, RIFF_HEADER, end):
+        chunks.append(c)
+        if len(chunks) > MAX_CHUNKS:
+            raise too_large(f"over {MAX_CHUNKS} WebP chunks")
+    chunks = tuple(chunks)
     if not chunks:
         raise corrupt("the WebP holds no chunks")
     return Walk(data, chunks, len(data) - end)
@@ -96,18 +108,41 @@ def _check(w: Walk, limits: Limits) -> None:
     frames = sum(1 for c in w.chunks if c.id == b"ANMF")
     if frames > limits.max_frames:
         raise too_large(f"{frames} frames is over the limit of {limits.max_frames}")
+    if frames * width * height > animation_pixel_budget(limits):
+        raise too_large(f"{frames} frames of {width}x{height} is over the animation budget of "
+                        f"{animation_pixel_budget(limits)} pixels")
+    for c in w.chunks:
+        if c.id == b"ANIM" and c.size < ANIM_PAYLOAD:
+            raise corrupt(f"the WebP ANIM chunk is {c.size} bytes")
+        if c.id == b"ANMF":
+            p = w.payload(c)[:ANMF_HEADER]
+            if len(p) < ANMF_HEADER:
+                raise corrupt("a WebP ANMF chunk is shorter than its header")
+            x, y = 2 * int.from_bytes(p[0:3], "little"), 2 * int.from_bytes(p[3:6], "little")
+            fw, fh = int.from_bytes(p[6:9], "little") + 1, int.from_bytes(p[9:12], "little") + 1
+            if x + fw > width or y + fh > height:
+                raise corrupt(f"a WebP frame of {fw}x{fh} at {x},{y} lies outside the {width}x{height} canvas")
     if not frames and not any(c.id in BITSTREAMS for c in w.chunks):
         raise corrupt("the WebP has no image data (VP8, VP8L or ANMF)")
 
 
 def _read(path: Path, limits: Limits) -> Walk:
-    w = walk(path.read_bytes())
-    _check(w, limits)
-    return w
+    """The checked walk (holding the file), once per file: locate and rebuild share it."""
+    def read(p: Path) -> Walk:
+        w = walk(p.read_bytes())
+        _check(w, limits)
+        return w
+    read.__qualname__ = f"webp.read:{limits!r}"
+    return once_per_file(path, read)
 
 
 def locate(path: Path, limits: Limits) -> Found:
-    w = _read(path, limits)
+    try:
+        w = _read(path, limits)
+    except SanitizeError as e:
+        if e.code == "too_large":
+            raise
+        return Found(notes=(f"webp: damaged file, metadata not read ({e.message})",))
     readings = [locate_in_exif(w.payload(c)) for c in w.chunks if c.id == b"EXIF"]
     readings += [locate_in_xmp(w.payload(c)) for c in w.chunks if c.id == b"XMP "]
     return choose(readings)
@@ -138,12 +173,22 @@ def describe(w: Walk, c: Chunk) -> str:
 
 
 def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
-    w = _read(src, limits)
+    try:
+        w = _read(src, limits)
+        width, height = canvas_size(w)
+        release_read()
+        frames = max(1, sum(1 for c in w.chunks if c.id == b"ANMF"))
+        reencode.check_decodes(src, frames, width, height, "WebP")   # a copy is byte-identical: it must be sound
+    except SanitizeError as e:
+        if e.code not in ("corrupt", "truncated"):
+            raise
+        return reencode.salvage(src, dst, limits, e)
     vp8x = _vp8x(w)
     exif = next((w.payload(c) for c in w.chunks if c.id == b"EXIF"), None)
     xmp = next((w.payload(c) for c in w.chunks if c.id == b"XMP "), None)
     orientation = display_orientation(exif, xmp) if vp8x is not None else 1
     body, removed = [], []
+    has_icc = False
     for c in w.chunks:
         if c.id == b"VP8X":
             if c is not vp8x:
@@ -151,6 +196,17 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             continue   # rewritten below, once what is kept is known
         if c.id == b"ANMF":
             body.append(chunk(b"ANMF", _frame(w, c, removed)))
+        elif c.id == b"ICCP":
+            profile = icc.clean(w.payload(c)) if not has_icc else None
+            if profile is None:
+                removed.append("ICCP (profile repeated, unreadable or not reproducible without its text)")
+            else:
+                body.append(chunk(b"ICCP", profile))
+                has_icc = True
+        elif c.id == b"ANIM":
+            body.append(chunk(b"ANIM", w.payload(c)[:ANIM_PAYLOAD]))
+            if c.size > ANIM_PAYLOAD:
+                removed.append(f"ANIM slack ({c.size - ANIM_PAYLOAD} bytes)")
         elif c.id in TOP_LEVEL:
             body.append(chunk(c.id, w.payload(c)))
         else:
@@ -160,7 +216,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     if vp8x is not None:
         p = w.payload(vp8x)
         flags = p[0] & (FLAG_ALPHA | FLAG_ANIMATION)
-        if any(c.id == b"ICCP" for c in w.chunks):
+        if has_icc:
             flags |= FLAG_ICC
         if orientation != 1:
             flags |= FLAG_EXIF
@@ -193,6 +249,10 @@ def inspect(path: Path) -> list[str]:
                 findings.append(f"chunk {c.id!r} is not on the allow-list")
             elif c.id == b"EXIF":
                 findings += orientation_only_findings(payload)
+            elif c.id == b"ICCP":
+                findings += icc.findings(payload)
+            elif c.id == b"ANIM" and c.size != ANIM_PAYLOAD:
+                findings.append(f"ANIM chunk of {c.size} bytes")
             elif c.id == b"ANMF":
                 inner = iter_chunks(data, c.data_offset + ANMF_HEADER, c.data_offset + c.size)
                 findings += [f"chunk {i.id!r} inside an animation frame" for i in inner if i.id not in FRAME_CHUNKS]

@@ -1,0 +1,157 @@
+"""`mediasan sanitize` starts fast (#10): what it imports, and what its lazy shortcuts must not change.
+
+The start time itself is measured by bench/run, not asserted here (the machine is shared). These
+tests hold the things that make it fast, which a later edit can silently undo: sanitizing a JPEG
+imports no typer/click/rich, no pydantic, no audio or video family; the registry's magic
+prefilters never refuse a file a family would accept; the shortcut past pydantic-settings gives
+exactly the Settings defaults, and anything configured still goes through Settings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CORPUS, ROOT
+
+# never imported by `sanitize` on a JPEG: the CLI framework, settings validation, other families
+HEAVY = re.compile(r"^(typer|click|rich|pydantic|pydantic_core|pydantic_settings|celery|sqlalchemy|boto3|botocore"
+                   r"|worker\.settings|worker\.formats\.av(\..*)?|worker\.formats\.photo\.(png|webp|gif|heif|tiff|reencode)"
+                   r"|concurrent\.futures\.process|pillow_heif|mutagen|ffmpeg)$")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MEDIASAN_")}
+    return dict(env, PYTHONPATH=str(ROOT), **extra)
+
+
+def imported_by(module: str, args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `python -m MODULE ARGS…` and name every module it imported (sys.modules at exit: unlike
+    -X importtime this sees importlib.import_module too, which is how the registry loads families)."""
+    script = ("import atexit, json, runpy, sys\n"
+              "atexit.register(lambda: sys.stderr.write('\\nMODULES ' + json.dumps(sorted(sys.modules)) + '\\n'))\n"
+              f"sys.argv = [{module!r}, *{args!r}]\n"
+              f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    listed = re.search(r"^MODULES (.*)$", proc.stderr, re.M)
+    assert listed, proc.stderr[-2000:]
+    return proc, set(json.loads(listed.group(1)))
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    from fixtures.jpeg import iphone_like_jpeg
+
+    # no motion-photo trailer: reading an embedded video's location rightly imports the MP4 walker
+    path = tmp_path_factory.mktemp("photo") / "IMG_1.jpg"
+    iphone_like_jpeg(path)
+    return path
+
+
+@pytest.mark.parametrize("module", ["worker.cli", "worker.cli_sanitize"])
+def test_sanitizing_a_jpeg_imports_nothing_it_does_not_need(photo, tmp_path, module):
+    # worker.cli_sanitize:main is the console script; `python -m worker.cli` is how scripts and tests run it
+    proc, names = imported_by(module, ["sanitize", str(photo), "--out", str(tmp_path / "out"), "--json"],
+                              tmp_path, clean_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["status"] == "sanitized"
+    assert "worker.formats.photo.jpeg" in names and "PIL.Image" in names   # the parse above saw the imports
+    assert sorted(n for n in names if HEAVY.match(n)) == []
+
+
+def test_a_configured_setting_is_read_through_settings(photo, tmp_path):
+    # a MEDIASAN_ variable takes the full Settings path: the limit applies (and pydantic is paid for)
+    proc, names = imported_by("worker.cli", ["sanitize", str(photo), "--out", str(tmp_path / "a"), "--json"],
+                              tmp_path, clean_env(MEDIASAN_MAX_BYTES="1000"))
+    assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["code"] == "too_large"
+    assert "worker.settings" in names
+    # so does a .env file in the working folder, which pydantic-settings reads
+    (tmp_path / ".env").write_text("MEDIASAN_MAX_BYTES=1000\n")
+    proc, _ = imported_by("worker.cli", ["sanitize", str(photo), "--out", str(tmp_path / "b"), "--json"],
+                          tmp_path, clean_env())
+    assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["code"] == "too_large"
+
+
+def test_the_unconfigured_shortcut_is_exactly_the_settings_defaults(tmp_path, monkeypatch):
+    from worker.cli_sanitize import configured, sanitize_settings
+    from worker.settings import Settings
+
+    for name in list(os.environ):
+        if name.upper().startswith("MEDIASAN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    assert not configured()
+    defaults = Settings(_env_file=None)
+    assert sanitize_settings() == (defaults.resolved_work_dir(), defaults.limits(), defaults.log_format)
+    monkeypatch.setenv("mediasan_max_pixels", "5")      # pydantic-settings matches names in any case
+    assert configured()
+
+
+def test_help_is_the_one_definition_whichever_way_it_is_reached(tmp_path):
+    env = clean_env()
+    direct = subprocess.run([sys.executable, "-m", "worker.cli", "sanitize", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    via_typer = subprocess.run([sys.executable, "-c", "import sys; from worker.cli import app; "
+                                "sys.argv = ['mediasan', 'sanitize', '--help']; app()"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert direct.returncode == via_typer.returncode == 0
+    assert direct.stdout == via_typer.stdout and "--jobs" in direct.stdout and "--out" in direct.stdout
+    listing = subprocess.run([sys.executable, "-m", "worker.cli", "--help"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert re.search(r"sanitize\s+Write the agency copy", listing.stdout)
+    usage = subprocess.run([sys.executable, "-m", "worker.cli", "sanitize", "x.jpg"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "--out" in usage.stderr
+
+
+def sample_files(folder: Path) -> list[Path]:
+    """One file of every kind the fixtures make, the hostile corpus, and the real-device corpus."""
+    from fixtures import audio, heif, hostile, jpeg, lossless, video, webm
+
+    builders = [jpeg.android_phone_jpeg, jpeg.iphone_like_jpeg, jpeg.cmyk_adobe_jpeg, jpeg.progressive_restart_jpeg,
+                lossless.png_with_text_and_exif, lossless.apng, lossless.animated_webp,
+                lossless.animated_gif_with_comment, heif.iphone_like_heic, heif.avif_with_exif, heif.tiff_with_gps,
+                audio.mp3_with_all_tags, audio.flac_with_picture, audio.ogg_vorbis_with_comments,
+                audio.opus_with_comments, audio.wav_with_info_and_bext, audio.aiff_with_text, audio.amr_voice_note,
+                video.iphone_like_mov, video.android_like_mp4, video.voice_memo_m4a, video.loci_3gp,
+                webm.webm_vp9_opus, webm.mkv_h264_aac, webm.ogg_theora_vorbis]
+    made = []
+    for builder in builders:
+        path = folder / builder.__name__
+        builder(path)
+        made.append(path)
+    webp = folder / "webp_lossy"
+    lossless.webp_with_exif_xmp(webp, lossless=False)
+    made.append(webp)
+    made += [case.path for case in hostile.build_all(folder / "hostile") if case.path.is_file()]
+    if CORPUS.exists():
+        made += sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix not in (".tsv", ".json", ".md"))
+    return made
+
+
+def test_prefilters_never_refuse_what_a_family_accepts(tmp_path):
+    from worker import formats
+    from worker.errors import SanitizeError
+
+    files = sample_files(tmp_path)
+    assert len(files) >= 26
+    accepted_by: set[str] = set()
+    for path in files:
+        head = formats.read_head(path)
+        for family, might in formats.FAMILIES:
+            if any(fmt.accept(head) for fmt in formats.family_formats(family)):
+                accepted_by.add(family)
+                assert might(head), f"{family}'s prefilter refuses {path} ({head[:12].hex()}), which it accepts"
+        # and the lazy identify answers what trying every format in order answers
+        eager = next((fmt.name for fmt in formats.all_formats() if head and fmt.accept(head)), None)
+        try:
+            lazy = formats.identify(path).name
+        except SanitizeError:
+            lazy = None
+        assert lazy == eager, path
+    assert accepted_by == {family for family, _ in formats.FAMILIES}   # every prefilter was exercised
