@@ -43,11 +43,7 @@ sys.stderr.write("\\nBATCH " + json.dumps({"returncode": proc.returncode, "maxrs
 """
 
 # "module/case file name" -> (owner, reason): failures known today, forwarded to their owners
-KNOWN: dict[str, tuple[str, str]] = {
-    "generic/tiff-with_gps.cut-25pc.tiff": ("photo", "truncated TIFF: TypeError: Missing dimensions (internal)"),
-    "generic/tiff-with_gps.cut-50pc.tiff": ("photo", "truncated TIFF: TypeError: Missing dimensions (internal)"),
-    "generic/tiff-with_gps.cut-75pc.tiff": ("photo", "truncated TIFF: TypeError: Missing dimensions (internal)"),
-}
+KNOWN: dict[str, tuple[str, str]] = {}
 
 
 @dataclass
