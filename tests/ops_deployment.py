@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.workerproc import POSTGRES_URL, REDIS_URL, drop_postgres_schema, fresh_postgres_schema, require
+from tests.workerproc import (POSTGRES_URL, REDIS_URL, drop_postgres_schema, fresh_postgres_schema, require,
+                              stop_process)
 from worker import records
 from worker.intake import job_status
 
@@ -99,13 +100,7 @@ class Worker:
         pytest.fail(f"no such log line after {timeout_s} s:\n{self.text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def wait_all_final(services, upload_ids, worker: Worker, timeout_s: float = 90) -> dict[str, dict]:

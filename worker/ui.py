@@ -485,16 +485,24 @@ def mount(app: FastAPI, *, services, sessions: SessionStore, sign_in: Callable[[
             return nothing_here(found)
         raise AssertionError("worker.access let a role without restricted access read restricted data")
 
-    @app.get("/ui/uploads/{upload_id}/location", include_in_schema=False)
-    def purpose_page(request: Request, upload_id: str) -> Response:
+    def restricted_page(request: Request, upload_id: str, action: str) -> tuple[UISession | None, Response | None]:
+        """The signed-in session of a page of restricted data, or the response that ends the request
+        (sign-in, or the same "nothing here" page for a role without restricted access or a bad id)."""
         _, found = current(request)
         if not found:
-            return to("/ui/")
-        refused = refuse_restricted(found, upload_id, "location")
+            return None, to("/ui/")
+        refused = refuse_restricted(found, upload_id, action)
         if refused:
-            return refused
+            return found, refused
         if not access.ID_RE.fullmatch(upload_id):
-            return nothing_here(found)
+            return found, nothing_here(found)
+        return found, None
+
+    @app.get("/ui/uploads/{upload_id}/location", include_in_schema=False)
+    def purpose_page(request: Request, upload_id: str) -> Response:
+        found, ended = restricted_page(request, upload_id, "location")
+        if ended:
+            return ended
         return render("purpose.html", found=found, title=f"Why do you need upload {upload_id}'s location?",
                       upload_id=upload_id, error=None)
 
@@ -527,14 +535,9 @@ def mount(app: FastAPI, *, services, sessions: SessionStore, sign_in: Callable[[
 
     @app.get("/ui/uploads/{upload_id}/original", include_in_schema=False)
     def original(request: Request, upload_id: str) -> Response:
-        _, found = current(request)
-        if not found:
-            return to("/ui/")
-        refused = refuse_restricted(found, upload_id, "original")
-        if refused:
-            return refused
-        if not access.ID_RE.fullmatch(upload_id):
-            return nothing_here(found)
+        found, ended = restricted_page(request, upload_id, "original")
+        if ended:
+            return ended
         purpose = sessions.purpose_for(found, upload_id)
         if purpose is None:
             return to(f"/ui/uploads/{upload_id}/location")
