@@ -158,7 +158,10 @@ def chrome(site):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    profile = tempfile.mkdtemp(prefix="mediasan-chromium-")
+    # Chromium puts its singleton socket under TMPDIR, and a Unix socket path has at most 107 bytes:
+    # the work folder that running the pipeline in this process made TMPDIR is too deep for it
+    short_tmp = tempfile.mkdtemp(prefix="msan-chr-", dir="/tmp")
+    profile = tempfile.mkdtemp(prefix="profile-", dir=short_tmp)
     downloads = site["tmp"] / "downloads"
     downloads.mkdir()
     options = webdriver.ChromeOptions()
@@ -170,7 +173,8 @@ def chrome(site):
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})   # the CDP network log
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = webdriver.Chrome(options=options,
+                              service=Service(str(CHROMEDRIVER), env={**os.environ, "TMPDIR": short_tmp}))
     driver.set_page_load_timeout(30)
     driver.set_script_timeout(20)
     driver.downloads = downloads
@@ -178,7 +182,7 @@ def chrome(site):
         yield driver
     finally:
         driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        shutil.rmtree(short_tmp, ignore_errors=True)
 
 
 @pytest.fixture
