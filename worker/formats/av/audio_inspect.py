@@ -37,6 +37,18 @@ def mapped_file(path: Path, limits: Limits = INSPECT_LIMITS) -> Iterator[mmap.mm
             yield data
 
 
+WRITE_BLOCK = 1 << 20
+
+
+def write_range(out, data, start: int, stop: int) -> None:
+    """Copy ``data[start:stop]`` (a mapped file) to ``out`` in bounded blocks: the frames of a long
+    recording are one contiguous run, and one slice of it would be a copy of the whole audio in memory."""
+    while start < stop:
+        end = min(stop, start + WRITE_BLOCK)
+        out.write(data[start:end])
+        start = end
+
+
 def mutagen_findings(path: Path, file_type: type) -> list[str]:
     """What mutagen (the tag library most players share) still finds in the copy: tags, pictures.
 
