@@ -6,7 +6,7 @@ import pytest
 from worker.errors import SanitizeError
 from worker.formats.base import Limits
 from worker.sanitizer import sanitize_file
-from worker.tools import ffprobe, run_tool
+from worker.tools import STARTS, ffprobe, run_tool
 
 ENDLESS_DECODE = ["ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
                   "-f", "null", "-"]
@@ -53,3 +53,41 @@ def test_a_video_whose_tools_time_out_is_rejected_and_leaves_no_copy(tmp_path):
     report = sanitize_file(clip, tmp_path / "out" / "clip", Limits(timeout_s=0.001))
     assert report.status == "rejected" and report.error.code == "timeout", report.as_json()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_shared_answer_serves_one_more_ask_of_the_same_bytes_only(tmp_path):
+    """ffprobe's answer about a copy is reused once by the next ask of the same bytes; bytes that
+    changed in between (same path, same size) are probed again, and a third ask runs again."""
+    import shutil
+    import subprocess
+
+    clip = tmp_path / "a.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-metadata", "title=first",
+                    str(clip)], check=True)
+    before = sum(STARTS.values())
+    first = ffprobe(clip, Limits(), share=True)
+    assert ffprobe(clip, Limits()) == first and sum(STARTS.values()) - before == 1
+    ffprobe(clip, Limits())
+    assert sum(STARTS.values()) - before == 2          # the shared answer was used up
+    ffprobe(clip, Limits(), share=True)
+    other = tmp_path / "b.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-metadata", "title=other",
+                    str(other)], check=True)
+    assert other.stat().st_size == clip.stat().st_size
+    shutil.copyfile(other, clip)                        # the same path now holds other bytes
+    assert ffprobe(clip, Limits())["format"]["tags"]["title"] == "other"
+    assert sum(STARTS.values()) - before == 4
+
+
+def test_an_audio_copy_is_decoded_once_for_the_rebuild_and_the_verifier(tmp_path):
+    """MP3's copy is the input's frames: the rebuild's decode sample of it answers the verifier's."""
+    import subprocess
+
+    clip = tmp_path / "voice.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=8", "-c:a", "libmp3lame",
+                    "-metadata", "title=secret", str(clip)], check=True)
+    before = STARTS.copy()
+    (tmp_path / "out").mkdir()
+    report = sanitize_file(clip, tmp_path / "out" / "voice", Limits())
+    assert report.status == "sanitized", report.as_json()
+    assert STARTS - before == {"ffmpeg": 1, "ffprobe": 1}

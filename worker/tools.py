@@ -14,6 +14,7 @@ runs). An input that still asks a tool for another protocol is ``unsupported_for
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -91,14 +92,68 @@ def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.Comple
     return proc
 
 
-def ffprobe(path: Path, limits: Limits, demuxer: str | None = None) -> dict:
-    """ffprobe's JSON of format, streams and chapters."""
+# --- one run per tool question ------------------------------------------------------------------
+#
+# The rebuild asks a tool about the copy it wrote (ffprobe after a remux, a decode sample of an
+# audio copy), and the verifier then asks the same question of the same bytes. The answer is kept
+# here, keyed by the question and by the file's identity (device, inode, size, modification and
+# change times, and a hash of its first and last 64 KiB), and handed to the next asker once: the
+# check still happens, once. Only answers that passed are kept (a failure ends the job anyway);
+# a few at most, so a job that stopped between the two asks leaves nothing that grows.
+
+ANSWERS: dict[tuple, object] = {}
+MAX_ANSWERS = 4
+FINGERPRINT_BYTES = 1 << 16
+
+
+def _file_identity(path: Path) -> tuple | None:
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            digest = hashlib.sha256(f.read(FINGERPRINT_BYTES))
+            if st.st_size > FINGERPRINT_BYTES:
+                f.seek(max(st.st_size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
+                digest.update(f.read(FINGERPRINT_BYTES))
+    except OSError:
+        return None
+    return (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            digest.hexdigest())
+
+
+def _remember(question: tuple, path: Path, answer: object) -> None:
+    identity = _file_identity(path)
+    if identity is None:
+        return
+    while len(ANSWERS) >= MAX_ANSWERS:
+        ANSWERS.pop(next(iter(ANSWERS)))
+    ANSWERS[(question, identity)] = answer
+
+
+def _recall(question: tuple, path: Path) -> object | None:
+    """The answer given to ``question`` about these very bytes, once; None when there is none."""
+    if not ANSWERS:
+        return None
+    identity = _file_identity(path)
+    return None if identity is None else ANSWERS.pop((question, identity), None)
+
+
+def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bool = False) -> dict:
+    """ffprobe's JSON of format, streams and chapters. ``share``: the same question about the same
+    bytes is asked once more later (a copy's probe, then the verifier's): the second ask reuses
+    this run's answer instead of starting ffprobe again."""
+    question = ("ffprobe", demuxer)
+    recalled = _recall(question, path)
+    if recalled is not None:
+        return json.loads(recalled)
     proc = run_tool(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
                      "-show_chapters", *input_args(path, demuxer)], limits, what="probing")
     try:
-        return json.loads(proc.stdout or b"{}")
+        probe = json.loads(proc.stdout or b"{}")
     except json.JSONDecodeError:
         raise SanitizeError("corrupt", "ffprobe gave no readable description of the input") from None
+    if share:
+        _remember(question, path, proc.stdout or b"{}")
+    return probe
 
 
 def stream_copy_args(src: Path, dst: Path, *, demuxer: str | None, muxer: str, indexes: list[int],
@@ -146,7 +201,8 @@ SAMPLE_SECONDS = 2.0
 
 
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
-                  indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False) -> None:
+                  indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False,
+                  share: bool = False) -> None:
     """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the first, middle and
     last ``SAMPLE_SECONDS`` (three inputs of the same file, each seeked and cut), or the whole file
     when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
@@ -155,7 +211,12 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     frames that are no error (AMR's NO_DATA frames of silence); containers' own checksums (Ogg
     pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to decode
     (those a rebuild keeps), else every video and audio stream. ``cut_short``: the file is known
-    to end before its sample tables do; the samples past its end are not counted as damage."""
+    to end before its sample tables do; the samples past its end are not counted as damage.
+    ``share``: the verifier decodes these same bytes next (an audio copy the rebuild checks): its
+    ask is answered by this run (the sample positions are this run's, from this ``duration``)."""
+    question = ("decode", demuxer, tuple(indexes or ()), cut_short)
+    if _recall(question, path) is not None:
+        return
     if duration is None:
         seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
     elif duration <= 3 * SAMPLE_SECONDS:
@@ -181,6 +242,8 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     if stderr:
         # -v error prints only errors: a decoder that conceals a damaged frame still says so
         raise SanitizeError("corrupt", f"{what}: the media does not decode cleanly: {stderr.splitlines()[0][:300]}")
+    if share:
+        _remember(question, path, True)
 
 
 def probe_duration(probe: dict) -> float:

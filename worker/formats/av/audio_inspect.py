@@ -37,6 +37,18 @@ def mapped_file(path: Path, limits: Limits = INSPECT_LIMITS) -> Iterator[mmap.mm
             yield data
 
 
+WRITE_BLOCK = 1 << 20
+
+
+def write_range(out, data, start: int, stop: int) -> None:
+    """Copy ``data[start:stop]`` (a mapped file) to ``out`` in bounded blocks: the frames of a long
+    recording are one contiguous run, and one slice of it would be a copy of the whole audio in memory."""
+    while start < stop:
+        end = min(stop, start + WRITE_BLOCK)
+        out.write(data[start:end])
+        start = end
+
+
 def mutagen_findings(path: Path, file_type: type) -> list[str]:
     """What mutagen (the tag library most players share) still finds in the copy: tags, pictures.
 
@@ -98,11 +110,12 @@ def check_frames_decode(copy: Path, limits: Limits, duration: float | None = Non
     """The rebuild's check of the input: an audio copy holds the upload's frames byte for byte, so
     when a decode sample of the copy fails, the upload's audio is broken (``corrupt``), and the
     verifier's own decode keeps meaning "our rebuild is wrong". Run on the copy, not the input,
-    so that junk after the last frame (which the copy no longer holds) cannot fail it."""
+    so that junk after the last frame (which the copy no longer holds) cannot fail it. The verifier's
+    decode of the copy is the same question about the same bytes: this run answers it too."""
     from worker.tools import decode_sample
 
     try:
-        decode_sample(copy, limits, duration=duration, what="checking the upload's audio")
+        decode_sample(copy, limits, duration=duration, what="checking the upload's audio", share=True)
     except SanitizeError as e:
         if e.code == "corrupt":
             raise SanitizeError("corrupt", f"the upload's audio frames do not decode: {e.message}") from None

@@ -11,7 +11,8 @@ Before any copy: the box walk refuses reference movies (``rmra``, external ``dre
 ``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; one ffmpeg
 run decodes a sample of the kept streams (start, middle, end), so a broken input is ``corrupt``
 here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe and the decode
-sample on the input, the remux and a probe of the copy (then the verifier's probe and decode).
+sample on the input, the remux and a probe of the copy, whose answer the verifier's probe of the
+same bytes reuses (``worker.tools``: one run per question); then the verifier's decode of the copy.
 """
 from __future__ import annotations
 
@@ -163,7 +164,8 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
             # a muxer refusing a codec exits non-zero like a bad input does; the next one may take it
             if e.code != "corrupt" or attempt == len(targets) - 1:
                 raise
-    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER))
+    # the verifier asks ffprobe the same of the same bytes next (av_inspect): this answer serves both
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER, share=True))
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
         # ffmpeg writes a stream only once it has a packet of it: none means no frame was readable
         raise corrupt("ffmpeg could not copy every kept stream (no readable frames)")
@@ -436,7 +438,7 @@ def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[
     findings = inspect_copy(dst)
     if findings:
         raise corrupt("the copy would still hold " + "; ".join(findings[:5]))
-    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER))
+    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER, share=True))
     video, audio = streams
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
         raise corrupt("ffprobe does not see the kept streams in the copy")

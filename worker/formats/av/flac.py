@@ -25,7 +25,7 @@ from array import array
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.av.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
@@ -312,7 +312,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             for index, (block_type, payload, length) in enumerate(kept):
                 out.write(_block_header(block_type, length, last=index == len(kept) - 1))
                 out.write(data[payload:payload + length])
-            out.write(data[frames_start:frames_end])
+            write_range(out, data, frames_start, frames_end)
     check_frames_decode(dst, limits, duration)
     return Rebuilt(format="flac", media_type="audio/flac", extension=".flac", removed=tuple(removed))
 

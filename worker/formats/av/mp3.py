@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -366,11 +366,11 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             blank = next(blanks, None)
             for start, stop in result.frames:
                 while blank is not None and blank[0] < stop:   # blanked ranges lie inside kept frames, in order
-                    out.write(data[start:blank[0]])
+                    write_range(out, data, start, blank[0])
                     out.write(bytes(blank[1] - blank[0]))
                     start = blank[1]
                     blank = next(blanks, None)
-                out.write(data[start:stop])
+                write_range(out, data, start, stop)
     check_frames_decode(dst, limits, result.samples / result.sample_rate)
     return Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3", removed=tuple(result.removed))
 
