@@ -18,6 +18,8 @@ SOURCE_RANK["gpmf"] = 3
 
 @dataclass(frozen=True)
 class Fix:
+    """One usable GPS fix: decimal degrees, and where it was read."""
+
     lat: float
     lon: float
     alt: float | None = None          # metres above sea level (negative below)

@@ -148,6 +148,8 @@ def process_scope(root: Path) -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class Folder:
+    """A process's work folder and the owner its name records."""
+
     path: Path
     host: str
     pid: int
