@@ -155,7 +155,11 @@ def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
     whole copy is then decoded once and compared with the picture, and only when it misses the
     bar (the sample was not representative) is the next quality tried. Returns the quality kept.
     """
-    picture = to_jpeg_mode(upright(image), icc)
+    # The caller's image is not used after this, so it is turned in place: a copy would keep the
+    # unturned full-size picture alive through the encode and the check.
+    if image.getexif().get(0x0112, 1) not in (None, 1):
+        ImageOps.exif_transpose(image, in_place=True)
+    picture = to_jpeg_mode(image, icc)
     picture.info = {}   # may be the caller's own image: it is not used after this
     keep_icc = icc_profiles.clean(icc) if icc and icc_space(icc) == picture.mode else None
     first = JPEG_QUALITIES.index(estimated_quality(picture))
