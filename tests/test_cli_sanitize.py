@@ -13,7 +13,8 @@ from tests.readback import exiftool, sensitive_tags
 from worker.errors import FAILING_CODES, REJECTING_CODES
 
 CONTRACT_KEYS = {"input", "status", "kind", "format", "output", "location", "captured_at", "removed", "error",
-                 "salvaged", "salvage_reason"}   # salvage fields: issue #9
+                 "salvaged", "salvage_reason",   # salvage fields: issue #9
+                 "seconds"}                      # wall time of the input in its process (worker/budget.py's deadline)
 
 
 def run_sanitize(paths: list[Path], out: Path) -> tuple[int, list[dict], str]:

@@ -106,6 +106,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+@signals.worker_process_init.connect
+def _bound_child_memory(**_) -> None:
+    """Each pool child sanitizes under the process memory budget (worker/budget.py)."""
+    from worker.budget import limit_process_memory
+
+    limit_process_memory(get_settings().process_memory_bytes)
+
+
 app = create_app()
 
 

@@ -58,6 +58,17 @@ def sanitize_settings():
     return settings.resolved_work_dir(), settings.limits(), settings.log_format
 
 
+def process_memory_bytes() -> int:
+    """The process memory budget (worker/budget.py), by the same rule as ``sanitize_settings``."""
+    from worker.budget import DEFAULT_PROCESS_MEMORY_BYTES
+
+    if not configured():
+        return DEFAULT_PROCESS_MEMORY_BYTES
+    from worker.settings import get_settings
+
+    return get_settings().process_memory_bytes
+
+
 def run(argv: list[str]) -> int:
     """`mediasan sanitize ARGV…`: 0 when every input was sanitized, 1 otherwise, 2 on a usage error."""
     try:
@@ -66,8 +77,10 @@ def run(argv: list[str]) -> int:
         return int(e.code or 0)
     from worker import logs, workdir
     from worker.batch import default_jobs, sanitize_many
+    from worker.budget import limit_process_memory
 
     work_dir, limits, log_format = sanitize_settings()
+    limit_process_memory(process_memory_bytes())     # before the pool forks: each child inherits it
     logs.configure(log_format, "WARNING")     # what the typer callback does for every other command
     args.out.mkdir(parents=True, exist_ok=True)
     all_ok = True

@@ -67,6 +67,8 @@ def normalise(lat: float | None, lon: float | None, *, alt: float | None = None,
         raise NoFix(f"{source}: latitude or longitude not finite")
     if abs(lat) > 90 or abs(lon) > 180:
         raise NoFix(f"{source}: out of range ({lat}, {lon})")
+    # judged as stored: 1e-97 rounds to 0, and 0,0 is no fix whatever noise a writer adds below 1e-9
+    lat, lon = round(lat, 9), round(lon, 9)
     if lat == 0 and lon == 0:
         raise NoFix(f"{source}: 0,0 is no fix")
     if alt is not None:
@@ -83,7 +85,7 @@ def normalise(lat: float | None, lon: float | None, *, alt: float | None = None,
             accuracy = None
         if accuracy is not None and (not math.isfinite(accuracy) or accuracy < 0):
             accuracy = None
-    return Fix(lat=round(lat, 9), lon=round(lon, 9), alt=alt, accuracy=accuracy, source=source)
+    return Fix(lat=lat, lon=lon, alt=alt, accuracy=accuracy, source=source)
 
 
 def found_from(lat, lon, *, alt=None, accuracy=None, source: str, captured_at: str | None = None) -> Found:

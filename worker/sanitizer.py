@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker import formats
+from worker.budget import FileTimeout, memory_exhausted, start_deadline
 from worker.errors import SanitizeError
 from worker.formats.base import Limits, Rebuilt
 from worker.location import Found
@@ -33,6 +35,7 @@ class Report:
     removed: tuple[str, ...] = ()
     error: SanitizeError | None = None
     salvage_reason: str | None = None   # set when the copy was re-encoded from a damaged input's pixels
+    seconds: float | None = None      # wall time spent on this input, in this process
 
     def as_json(self) -> dict:
         fix = self.found.fix
@@ -48,6 +51,7 @@ class Report:
             "salvaged": self.salvage_reason is not None,
             "salvage_reason": self.salvage_reason,
             "error": self.error.as_dict() if self.error else None,
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
         }
 
 
@@ -67,6 +71,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
     """
     report = Report(input=str(src))
     dst: Path | None = None
+    started, deadline = time.monotonic(), start_deadline(limits.file_timeout_s)
     try:
         check_size(src, limits)
         fmt = formats.identify(src)
@@ -82,13 +87,19 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         report.kind = formats.by_name(rebuilt.format).kind
         report.output, report.removed = str(dst), rebuilt.removed
         report.salvage_reason = getattr(rebuilt, "salvage_reason", None)
+    except FileTimeout:
+        report.status, report.error = "rejected", deadline.error()
     except SanitizeError as e:
         report.status, report.error = e.status, e
+    except MemoryError:
+        report.status, report.error = "rejected", memory_exhausted()
     except Exception as e:  # noqa: BLE001 - a bug must not kill the batch or publish anything
         log.exception("internal error sanitizing %s", src)
         report.status, report.error = "failed", SanitizeError("internal", f"{type(e).__name__}: {e}")
     finally:
+        deadline.cancel()
         partial = dst_stem.with_name(dst_stem.name + ".partial")
         if partial.exists():
             partial.unlink()
+        report.seconds = time.monotonic() - started
     return report

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.budget import DEFAULT_FILE_TIMEOUT_S, DEFAULT_PROCESS_MEMORY_BYTES
 from worker.formats.base import Limits
 
 
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
     max_streams: int = 16
     tool_timeout_s: float = 300.0
     tool_memory_bytes: int = 2 * 1024**3
+    # budgets of the sanitizing process itself (worker/budget.py): wall time for one file, and the
+    # memory bound (RLIMIT_DATA) of `mediasan sanitize` and of each worker pool child; 0 turns one off
+    file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S
+    process_memory_bytes: int = DEFAULT_PROCESS_MEMORY_BYTES
 
     # retention (policy principle 4): originals and locations carry retain_until; a purge deletes them
     retain_original_days: int = 365
@@ -81,7 +86,8 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_frames=self.max_frames,
                       max_duration_s=self.max_duration_s, max_streams=self.max_streams,
-                      timeout_s=self.tool_timeout_s, memory_bytes=self.tool_memory_bytes)
+                      timeout_s=self.tool_timeout_s, memory_bytes=self.tool_memory_bytes,
+                      file_timeout_s=self.file_timeout_s)
 
 
 @lru_cache(maxsize=1)

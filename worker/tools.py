@@ -48,6 +48,8 @@ def input_args(path: Path, demuxer: str | None = None) -> list[str]:
 def _cap_memory(limit: int):
     def preexec() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        # the sanitizing process's own data budget (worker/budget.py) is inherited; the tool's cap is the one above
+        resource.setrlimit(resource.RLIMIT_DATA, (resource.getrlimit(resource.RLIMIT_DATA)[1],) * 2)
         # core dumps of a crashing decoder would land in the worker's folder
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     return preexec

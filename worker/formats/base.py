@@ -33,6 +33,7 @@ class Limits:
     max_streams: int = 16
     timeout_s: float = 300.0          # wall clock for one external tool run (ffmpeg, ffprobe)
     memory_bytes: int = 2 * 1024**3   # address-space limit for external tools
+    file_timeout_s: float = 120.0     # wall clock for one whole file inside the process (worker/budget.py)
 
 
 @dataclass(frozen=True)
