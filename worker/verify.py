@@ -125,8 +125,8 @@ def pillow_header_findings(path: Path, format_name: str | None = None) -> list[s
     try:
         with _open_header(path, format_name) as im:
             return _metadata_findings(im, decoded=False)
-    except SanitizeError:
-        raise
+    except (SanitizeError, MemoryError):
+        raise   # past the memory budget the sanitizer answers too_large; either way nothing is published
     except Exception as e:  # noqa: BLE001 - a copy Pillow cannot even open is not publishable
         return [f"Pillow cannot read the copy: {type(e).__name__}: {e}"]
 
@@ -145,8 +145,8 @@ def pillow_findings(path: Path) -> list[str]:
                     im.seek(index)
                     im.load()
                 findings += _metadata_findings(im, index)
-    except SanitizeError:
-        raise
+    except (SanitizeError, MemoryError):
+        raise   # past the memory budget the sanitizer answers too_large; either way nothing is published
     except Exception as e:  # noqa: BLE001 - any decoder failure means the copy is not publishable
         findings.append(f"Pillow cannot decode the copy: {type(e).__name__}: {e}")
     return findings
