@@ -89,16 +89,39 @@ def test_a_real_heic_past_the_memory_budget_is_too_large(tmp_path):
     assert "Traceback" not in stderr
 
 
-# Past the memory budget, a decoder that turns MemoryError into the wrong code. Pinned here for its
-# owner (photo); when fixed, drop the xfail.
+# Past the memory budget, the verifier's own decode must not turn MemoryError into a finding
+# (verify_failed): it goes up to the sanitizer, which answers too_large. A lossless copy (a PNG) is
+# proved by bytes and never decoded, so a re-encoded JPEG copy, which is decoded in full, is checked.
+VERIFY_UNDER_BUDGET = """
+import sys
+from pathlib import Path
+from worker.budget import limit_process_memory
+from worker.errors import SanitizeError
+from worker.formats.base import Rebuilt
+from worker.verify import verify_copy
+limit_process_memory(int(sys.argv[2]))
+try:
+    verify_copy(Path(sys.argv[1]), Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg"))
+except MemoryError:
+    print("MemoryError")
+except SanitizeError as e:
+    print(e.code)
+else:
+    print("verified")
+"""
 
-@pytest.mark.xfail(strict=True, reason="photo: verify.py turns the verifier's MemoryError (Pillow decoding the "
-                                       "copy) into verify_failed; past the budget the input is too_large")
-def test_a_png_verify_decode_past_the_memory_budget_is_too_large(tmp_path):
-    big = tmp_path / "flat.png"
-    Image.new("RGB", (12_000, 9_000), (10, 200, 30)).save(big)   # 108 MP, 330 KB
-    report, _, _ = sanitize(big, tmp_path / "out", MEDIASAN_PROCESS_MEMORY_BYTES=str(256 * 1024**2))
-    assert report["error"] and report["error"]["code"] == "too_large", report
+
+def test_the_verifiers_decode_past_the_memory_budget_is_not_a_finding(tmp_path):
+    copy = tmp_path / "copy.jpg.partial"
+    Image.new("RGB", (10_000, 8_000), (10, 200, 30)).save(copy, "JPEG")   # 80 MP: 320 MB decoded, ~1 MB here
+
+    def verify(budget: int) -> str:
+        proc = subprocess.run([sys.executable, "-c", VERIFY_UNDER_BUDGET, str(copy), str(budget)],
+                              capture_output=True, text=True, timeout=120, env=os.environ)
+        return proc.stdout.strip() or proc.stderr[-2000:]
+
+    assert verify(0) == "verified"                       # no budget: the copy is fine
+    assert verify(256 * 1024**2) == "MemoryError"        # not verify_failed
 
 
 def test_the_deadline_in_process_restores_the_callers_signal_state(slow_video, tmp_path):

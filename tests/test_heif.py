@@ -209,3 +209,42 @@ def test_avif_over_the_pixel_limit_is_refused(tmp_path):
     src = tmp_path / "wide.avif"
     avif_with_exif(src)
     assert sanitize(src, tmp_path, Limits(max_pixels=320 * 240 - 1)).error.code == "too_large"
+
+
+# --- the quality check: one estimate, one full check, and it still catches a bad encode ---------
+
+def noisy_picture(size: tuple[int, int]) -> Image.Image:
+    """Fine grain everywhere: what needs a high JPEG quality to stay visually equal."""
+    import random
+    rng = random.Random(10)
+    return Image.frombytes("RGB", size, bytes(rng.getrandbits(8) for _ in range(size[0] * size[1] * 3)))
+
+
+def test_the_full_check_refuses_a_bad_encode_and_accepts_a_good_one():
+    from worker.formats.photo.reencode import encode_jpeg, visually_equal
+    reference = noisy_picture((600, 520))   # more than two 256-row strips, not a multiple of them
+    assert not visually_equal(reference, encode_jpeg(reference, 50, None))
+    assert visually_equal(reference, encode_jpeg(reference, 100, None))
+    # a good encode of a picture one strip short is not the picture
+    assert not visually_equal(reference, encode_jpeg(reference.crop((0, 0, 600, 264)), 100, None))
+    # a fault in only the last strip is caught too: the strips cover every row
+    damaged = reference.copy()
+    damaged.paste((0, 0, 0), (0, 500, 600, 520))
+    assert not visually_equal(reference, encode_jpeg(damaged, 100, None))
+
+
+def test_the_estimate_picks_a_higher_quality_only_where_the_picture_needs_it():
+    from worker.formats.photo.reencode import JPEG_QUALITIES, estimated_quality
+    smooth = picture((1200, 900))
+    assert estimated_quality(smooth) == JPEG_QUALITIES[0]
+    grain = noisy_picture((1200, 900))
+    assert estimated_quality(grain) > JPEG_QUALITIES[0]
+
+
+def test_write_jpeg_keeps_a_visually_equal_copy_of_a_grainy_picture(tmp_path):
+    from worker.formats.photo.reencode import VISUALLY_EQUAL_DB, psnr, write_jpeg
+    grain = noisy_picture((1200, 900))
+    quality = write_jpeg(grain.copy(), tmp_path / "copy.jpg", None)
+    with Image.open(tmp_path / "copy.jpg") as copy:
+        copy.load()
+        assert quality > 95 and psnr(grain, copy) >= VISUALLY_EQUAL_DB

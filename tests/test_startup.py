@@ -155,3 +155,68 @@ def test_prefilters_never_refuse_what_a_family_accepts(tmp_path):
             lazy = None
         assert lazy == eager, path
     assert accepted_by == {family for family, _ in formats.FAMILIES}   # every prefilter was exercised
+
+
+# what a plain JPEG (no EXIF, no XMP) must not pull in: each was a measurable part of the start
+LAZY = ("socket", "tempfile", "datetime", "xml.etree.ElementTree", "PIL.PngImagePlugin",
+        "PIL.GifImagePlugin", "PIL.BmpImagePlugin", "PIL.PpmImagePlugin")
+
+
+def test_a_plain_jpeg_imports_no_parser_or_plugin_it_does_not_use(tmp_path):
+    from PIL import Image
+
+    plain = tmp_path / "plain.jpg"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(plain)
+    proc, names = imported_by("worker.cli_sanitize", ["sanitize", str(plain), "--out", str(tmp_path / "out"), "--json"],
+                              tmp_path, clean_env())
+    assert proc.returncode == 0 and json.loads(proc.stdout)["status"] == "sanitized", proc.stderr[-2000:]
+    assert "PIL.JpegImagePlugin" in names
+    assert sorted(n for n in LAZY if n in names) == []
+
+
+def test_the_work_folder_names_the_host_as_socket_does():
+    import socket
+
+    from worker import workdir
+
+    assert workdir._host() == re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64]
+
+
+def test_tempfile_imported_inside_a_scope_writes_there_and_is_restored_after(tmp_path):
+    # in a fresh interpreter, so that tempfile is first imported inside the scope
+    script = ("import os, sys\n"
+              "from worker import workdir\n"
+              "assert 'tempfile' not in sys.modules\n"
+              f"with workdir.process_scope({str(tmp_path / 'work')!r}) as folder:\n"
+              "    import tempfile\n"
+              "    inside = tempfile.gettempdir()\n"
+              "    assert inside == str(folder / 'tmp'), (inside, folder)\n"
+              "assert tempfile.tempdir is None and 'TMPDIR' not in os.environ\n"
+              "assert tempfile.gettempdir() != inside\n")
+    env = {k: v for k, v in clean_env().items() if k != "TMPDIR"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_jpeg_header_shortcut_finds_what_image_open_finds(tmp_path):
+    from PIL import Image
+
+    from worker.verify import pillow_header_findings
+
+    exif = Image.Exif()
+    exif[0x010F] = "Maker"                       # a tag besides Orientation
+    exif.get_ifd(0x8825)[2] = (40.0, 42.0, 46.0)  # GPS
+    dirty = tmp_path / "copy.jpg.partial"        # the verifier's own name: no extension Pillow knows
+    Image.new("RGB", (16, 16)).save(dirty, "JPEG", exif=exif.tobytes(), comment=b"hello")
+    findings = pillow_header_findings(dirty, "jpeg")
+    assert findings == pillow_header_findings(dirty)
+    assert any("EXIF tags besides Orientation" in f for f in findings)
+    assert any("0x8825" in f for f in findings) and any("comment" in f for f in findings)
+    # not a JPEG after all (our sniffer would not say so, but the shortcut must not hide it)
+    png = tmp_path / "other.partial"
+    Image.new("RGB", (4, 4)).save(png, "PNG", pnginfo=None)
+    assert pillow_header_findings(png, "jpeg") == pillow_header_findings(png) == []
+    broken = tmp_path / "broken.partial"
+    broken.write_bytes(b"\xff\xd8\xff" + b"\x00" * 20)
+    assert pillow_header_findings(broken, "jpeg") == pillow_header_findings(broken)
+    assert pillow_header_findings(broken, "jpeg")[0].startswith("Pillow cannot read the copy")

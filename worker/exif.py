@@ -37,8 +37,9 @@ GPS_LONGITUDE_REF, GPS_LONGITUDE = 0x0003, 0x0004
 GPS_ALTITUDE_REF, GPS_ALTITUDE = 0x0005, 0x0006
 GPS_H_POSITIONING_ERROR = 0x001F
 
-_EXIF_DATETIME = re.compile(r"^\s*(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
-_OFFSET = re.compile(r"^\s*([+-])(\d{2}):?(\d{2})\s*$")
+# pattern text, compiled (and cached) by re on first use rather than at import (#10, start time)
+_EXIF_DATETIME = r"^\s*(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})"
+_OFFSET = r"^\s*([+-])(\d{2}):?(\d{2})\s*$"
 
 
 def tiff_body(blob: bytes) -> bytes | None:
@@ -103,14 +104,14 @@ def _angle(value, ref) -> float | None:
 def iso_datetime(value, offset=None) -> str | None:
     """ISO 8601 from an EXIF "YYYY:MM:DD HH:MM:SS" (and "+HH:MM" offset); None for blanks and zeros."""
     text = _text(value)
-    m = _EXIF_DATETIME.match(text or "")
+    m = re.match(_EXIF_DATETIME, text or "")
     if not m:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.groups())
     if year == 0 or not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
         return None
     stamp = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
-    o = _OFFSET.match(_text(offset) or "")
+    o = re.match(_OFFSET, _text(offset) or "")
     if o and int(o.group(2)) <= 14 and int(o.group(3)) < 60:
         stamp += f"{o.group(1)}{o.group(2)}:{o.group(3)}"
     return stamp

@@ -18,6 +18,8 @@ SOURCE_RANK["gpmf"] = 3
 
 @dataclass(frozen=True)
 class Fix:
+    """One usable GPS fix: decimal degrees, and where it was read."""
+
     lat: float
     lon: float
     alt: float | None = None          # metres above sea level (negative below)
@@ -103,7 +105,8 @@ def choose(readings: list[Found]) -> Found:
 
 # ISO 6709 as phones write it: "+40.7128-074.0060+010.000/", also "+404243.2-0740017.5/" (DMS) and
 # "+4042.72-07400.29/" (degrees and minutes). The sign is mandatory, the altitude optional.
-_ISO6709 = re.compile(r"^\s*([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)?(?:CRS[^/]*)?/?\s*$")
+# pattern text, compiled (and cached) by re on first use rather than at import (#10, start time)
+_ISO6709 = r"^\s*([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)?(?:CRS[^/]*)?/?\s*$"
 
 
 def _iso6709_angle(text: str, degree_digits: int) -> float:
@@ -126,7 +129,7 @@ def _iso6709_angle(text: str, degree_digits: int) -> float:
 
 def parse_iso6709(text: str) -> tuple[float, float, float | None]:
     """Return (lat, lon, alt) from an ISO 6709 string; raises NoFix when it is not one."""
-    m = _ISO6709.match(text or "")
+    m = re.match(_ISO6709, text or "")
     if not m:
         raise NoFix(f"ISO 6709: not a location string {text!r}")
     lat = _iso6709_angle(m.group(1), 2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -22,15 +23,16 @@ import re
 import sys
 import traceback
 from collections import OrderedDict
-from datetime import datetime, timezone
 
 current_upload: contextvars.ContextVar[str | None] = contextvars.ContextVar("mediasan_upload", default=None)
 
 _TASK_UPLOADS: OrderedDict[str, str] = OrderedDict()
 _TASK_UPLOADS_MAX = 10_000          # a worker holds a handful at a time; the bound only stops a leak
-_TASK_ID_IN_TEXT = re.compile(r"\[([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]")
+# Patterns are compiled on first use (re caches them), not at import: a one-file `mediasan
+# sanitize` that logs nothing should not pay for them.
+_TASK_ID_IN_TEXT = r"\[([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]"
 REDACTED = "[redacted]"
-_UPLOAD_IN_PATH = re.compile(r"^/(?:ui/)?uploads/([A-Za-z0-9_-]{1,64})(?:/|$)")
+_UPLOAD_IN_PATH = r"^/(?:ui/)?uploads/([A-Za-z0-9_-]{1,64})(?:/|$)"
 
 
 # --- which upload a line is about ------------------------------------------------------------------
@@ -80,7 +82,7 @@ class UploadFilter(logging.Filter):
         data = getattr(record, "data", None)     # Celery passes its format arguments here
         task_id = getattr(record, "task_id", None) or (data.get("id") if isinstance(data, dict) else None)
         if task_id is None and isinstance(record.msg, str) and "[" in record.msg:
-            found = _TASK_ID_IN_TEXT.search(record.msg)
+            found = re.search(_TASK_ID_IN_TEXT, record.msg)
             task_id = found.group(1) if found else None
         record.task_id = task_id
         if getattr(record, "upload_id", None) is None:
@@ -95,32 +97,37 @@ class UploadFilter(logging.Filter):
 # --- what a line must never hold ---------------------------------------------------------------------
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
-_REDACTIONS: list[tuple[re.Pattern, str]] = [
+_REDACTION_RULES: list[tuple[str, str]] = [
     # credentials
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
-    (re.compile(r"(?i)(authorization|x-api-key|cookie)(['\"]?\s*[:=,]\s*['\"]?)[^'\"\s,;}]+"), r"\1\2" + REDACTED),
-    (re.compile(r"(?i)((?:access_|api_|session_|auth_)?token|password|passwd|secret|signature|credential|"
-                r"x-amz-[a-z-]+)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s&,;}]+"), r"\1\2" + REDACTED),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s'\"]*):[^@/\s'\"]+@"), r"\1:" + REDACTED + "@"),
+    (r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+", r"\1 " + REDACTED),
+    (r"(?i)(authorization|x-api-key|cookie)(['\"]?\s*[:=,]\s*['\"]?)[^'\"\s,;}]+", r"\1\2" + REDACTED),
+    (r"(?i)((?:access_|api_|session_|auth_)?token|password|passwd|secret|signature|credential|"
+     r"x-amz-[a-z-]+)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s&,;}]+", r"\1\2" + REDACTED),
+    (r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s'\"]*):[^@/\s'\"]+@", r"\1:" + REDACTED + "@"),
     # coordinates: named values, ISO 6709 strings, pairs of decimal degrees, DMS, EXIF rationals
     # ISO 6709 as phones write it (+40.7128-074.0060+010.000/); decimals required, so that ids such as
     # a task id's "-1234-5678" are left alone
-    (re.compile(r"[-+]\d{2,6}\.\d+[-+]\d{3,7}\.\d+(?:[-+]\d+(?:\.\d+)?)?(?:CRS[A-Za-z0-9_]*)?/?"), REDACTED),
+    (r"[-+]\d{2,6}\.\d+[-+]\d{3,7}\.\d+(?:[-+]\d+(?:\.\d+)?)?(?:CRS[A-Za-z0-9_]*)?/?", REDACTED),
     # degrees-minutes-seconds and EXIF rationals, before a key could take their first number
-    (re.compile(r"\d{1,3}\s*(?:°|deg)\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*(?:\"|″|'')?)?\s*[NSEW]?"), REDACTED),
-    (re.compile(r"\(\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\)\)"), REDACTED),
-    (re.compile(r"\b\d+/\d+,\s*\d+/\d+,\s*\d+/\d+\b"), REDACTED),
-    (re.compile(r"(?i)\b(gps[a-z]*|lat(?:itude)?|lon(?:gitude)?|lng|alt(?:itude)?|coord(?:inate)?s?|location|"
-                r"iso6709|xyz)(['\"]?\s*[:=\s]\s*['\"]?\(?)" + _NUMBER + r"(?:\s*,\s*" + _NUMBER + r")*"),
+    (r"\d{1,3}\s*(?:°|deg)\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*(?:\"|″|'')?)?\s*[NSEW]?", REDACTED),
+    (r"\(\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\)\)", REDACTED),
+    (r"\b\d+/\d+,\s*\d+/\d+,\s*\d+/\d+\b", REDACTED),
+    (r"(?i)\b(gps[a-z]*|lat(?:itude)?|lon(?:gitude)?|lng|alt(?:itude)?|coord(?:inate)?s?|location|"
+     r"iso6709|xyz)(['\"]?\s*[:=\s]\s*['\"]?\(?)" + _NUMBER + r"(?:\s*,\s*" + _NUMBER + r")*",
      r"\1\2" + REDACTED),
-    (re.compile(r"[-+]?\d{1,3}\.\d{3,}\s*[,;/ ]\s*[-+]?\d{1,3}\.\d{3,}"), REDACTED),
+    (r"[-+]?\d{1,3}\.\d{3,}\s*[,;/ ]\s*[-+]?\d{1,3}\.\d{3,}", REDACTED),
     # any lone decimal degree as devices write them (5+ places); a duration such as "0.52847s" is spared
-    (re.compile(r"(?<![\w.])[-+]?\d{1,3}\.\d{5,}(?![\d.]|s\b)"), REDACTED),
+    (r"(?<![\w.])[-+]?\d{1,3}\.\d{5,}(?![\d.]|s\b)", REDACTED),
 ]
 
 
+@functools.cache
+def _redactions() -> list[tuple[re.Pattern, str]]:
+    return [(re.compile(pattern), replacement) for pattern, replacement in _REDACTION_RULES]
+
+
 def redact(text: str) -> str:
-    for pattern, replacement in _REDACTIONS:
+    for pattern, replacement in _redactions():
         text = pattern.sub(replacement, text)
     return text
 
@@ -136,7 +143,7 @@ class RedactFilter(logging.Filter):
             record.fields = {**getattr(record, "fields", {}), "method": method, "path": redact(str(path)),
                              "status": status}
             record.event = "http_request"
-            named = _UPLOAD_IN_PATH.match(str(path))
+            named = re.match(_UPLOAD_IN_PATH, str(path))
             if named and getattr(record, "upload_id", None) is None:
                 record.upload_id = named.group(1)
         try:
@@ -162,6 +169,8 @@ class RedactFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        from datetime import datetime, timezone   # here, not at import: a text-logging command never needs it
+
         line = {
             "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
@@ -218,6 +227,9 @@ def configure_for_cli() -> None:
 def say_json(message: str, stream=None) -> None:
     """A console line written from a signal handler, where logging's locks must not be taken: one
     JSON line, written with a single os.write."""
+    # a worker (the only caller) has long imported datetime (Celery does): this takes no import lock
+    from datetime import datetime, timezone
+
     line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": "warning", "event": "worker_console", "logger": "celery.apps.worker",
             "message": redact(str(message).strip()), "pid": os.getpid()}

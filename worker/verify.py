@@ -87,15 +87,46 @@ def _lcms_findings(profile: bytes) -> tuple[str, ...]:
     return tuple(found)
 
 
-def pillow_header_findings(path: Path) -> list[str]:
-    """Pillow's header parse of the copy (no pixel decode): whatever metadata it exposes."""
+def _open_header(path: Path, format_name: str | None):
+    """``Image.open(path)``; for a JPEG copy, the JPEG plugin's own factory first.
+
+    The copy's name ends in ``.partial``, so Image.open cannot choose a plugin by extension and
+    imports five (BMP, GIF, JPEG, PPM, PNG), a tenth of a one-file run's start (#10). The factory
+    is what Image.open calls for a JPEG (it hands back an MPO where there is one), behind the same
+    magic check and followed by the same decompression-bomb check; whatever the JPEG plugin
+    refuses goes on to Image.open and every other plugin, as before.
+    """
+    import struct
+
     from PIL import Image
 
+    if format_name == "jpeg":
+        from PIL import JpegImagePlugin
+
+        with open(path, "rb") as f:
+            magic = f.read(3)
+        if magic == b"\xff\xd8\xff":
+            try:
+                im = JpegImagePlugin.jpeg_factory(str(path), str(path))
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                pass   # as Image.open's own loop does: the next plugin may read it
+            else:
+                try:
+                    Image._decompression_bomb_check(im.size)
+                except BaseException:
+                    im.close()
+                    raise
+                return im
+    return Image.open(path)
+
+
+def pillow_header_findings(path: Path, format_name: str | None = None) -> list[str]:
+    """Pillow's header parse of the copy (no pixel decode): whatever metadata it exposes."""
     try:
-        with Image.open(path) as im:
+        with _open_header(path, format_name) as im:
             return _metadata_findings(im, decoded=False)
-    except SanitizeError:
-        raise
+    except (SanitizeError, MemoryError):
+        raise   # past the memory budget the sanitizer answers too_large; either way nothing is published
     except Exception as e:  # noqa: BLE001 - a copy Pillow cannot even open is not publishable
         return [f"Pillow cannot read the copy: {type(e).__name__}: {e}"]
 
@@ -114,8 +145,8 @@ def pillow_findings(path: Path) -> list[str]:
                     im.seek(index)
                     im.load()
                 findings += _metadata_findings(im, index)
-    except SanitizeError:
-        raise
+    except (SanitizeError, MemoryError):
+        raise   # past the memory budget the sanitizer answers too_large; either way nothing is published
     except Exception as e:  # noqa: BLE001 - any decoder failure means the copy is not publishable
         findings.append(f"Pillow cannot decode the copy: {type(e).__name__}: {e}")
     return findings
@@ -136,7 +167,7 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None) -> Non
     findings = list(fmt.inspect(path))
     if fmt.kind == "photo":
         if source is not None and _copied_losslessly(source, rebuilt):
-            findings += pillow_header_findings(path)
+            findings += pillow_header_findings(path, fmt.name)
             findings += differences(fmt.name, source.read_bytes(), path.read_bytes())
         else:
             findings += pillow_findings(path)

@@ -20,8 +20,7 @@ import logging
 import os
 import re
 import shutil
-import socket
-import tempfile
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,15 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-_FOLDER_RE = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+)-(?P<pid>\d+)-(?P<start>\d+)$")
+# compiled on first use (the sweeper's): a one-file `mediasan sanitize` never lists folders
+_FOLDER_PATTERN = r"^(?P<host>[A-Za-z0-9_.-]+)-(?P<pid>\d+)-(?P<start>\d+)$"
 _current: tuple[int, Path] | None = None     # (pid, process folder) once this process made its folder
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
+    # os.uname().nodename is what socket.gethostname() returns on Linux (glibc's gethostname reads
+    # uname), without importing socket and selectors into every short-lived command
+    return re.sub(r"[^A-Za-z0-9_.]", "_", os.uname().nodename)[:64] or "host"
 
 
 def process_start(pid: int) -> int | None:
@@ -79,9 +81,24 @@ def process_folder(root: Path) -> Path:
         folder.mkdir(mode=0o700, exist_ok=True)
         tmp.mkdir(mode=0o700, exist_ok=True)
     # anything that asks tempfile (a library) or TMPDIR (ffmpeg, a child tool) writes here
-    tempfile.tempdir = str(tmp)
+    _set_tempdir(str(tmp))
     os.environ["TMPDIR"] = str(tmp)
     return folder
+
+
+def _tempdir() -> str | None:
+    tempfile = sys.modules.get("tempfile")
+    return tempfile.tempdir if tempfile is not None else None
+
+
+def _set_tempdir(value: str | None) -> None:
+    """tempfile.tempdir = value, without importing tempfile for a command that never uses it.
+
+    A tempfile imported later finds TMPDIR (set beside this) first: the same folder.
+    """
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile.tempdir = value
 
 
 @contextlib.contextmanager
@@ -114,12 +131,12 @@ def process_scope(root: Path) -> Iterator[Path]:
         yield process_folder(root)   # inside another scope (or a worker): the folder is that one's to remove
         return
     made = [p for p in (root.parent, root) if not p.exists()]
-    saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    saved_tempdir, saved_env = _tempdir(), os.environ.get("TMPDIR")
     try:
         yield process_folder(root)
     finally:
         remove_own(root)
-        tempfile.tempdir = saved_tempdir
+        _set_tempdir(saved_tempdir)   # also when tempfile was first imported inside the scope
         if saved_env is None:
             os.environ.pop("TMPDIR", None)
         else:
@@ -131,6 +148,8 @@ def process_scope(root: Path) -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class Folder:
+    """A process's work folder and the owner its name records."""
+
     path: Path
     host: str
     pid: int
@@ -141,7 +160,7 @@ def folders(root: Path) -> list[Folder]:
     out = []
     with contextlib.suppress(FileNotFoundError):
         for entry in sorted(Path(root).iterdir()):
-            m = _FOLDER_RE.match(entry.name)
+            m = re.match(_FOLDER_PATTERN, entry.name)
             if m and entry.is_dir():
                 out.append(Folder(entry, m["host"], int(m["pid"]), int(m["start"])))
     return out

@@ -11,10 +11,13 @@ capped, and any parser failure is a note, never an exception.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
 from worker.exif import iso_datetime
 from worker.location import Found, found_from
+
+if TYPE_CHECKING:   # the parser itself is imported by parse_packet: most files carry no XMP
+    import xml.etree.ElementTree as ET
 
 MAX_XMP_BYTES = 4 * 1024 * 1024
 
@@ -32,11 +35,11 @@ _TIME_PROPERTIES = ((NS_EXIF, "DateTimeOriginal"), (NS_PHOTOSHOP, "DateCreated")
                     (NS_EXIF, "DateTimeDigitized"))
 
 # "40,42.768N", "40,42,46.08N", "40.7128N", "-74.006", "40.7128" (ref given separately)
-_COORDINATE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)(?:\s*,\s*(\d+(?:\.\d+)?))?(?:\s*,\s*(\d+(?:\.\d+)?))?\s*([NSEW])?\s*$",
-                         re.I)
-_RATIONAL = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?\s*$")
-_XMP_DATE = re.compile(r"^\s*(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?"
-                       r"(Z|[+-]\d{2}:?\d{2})?)?)?)?\s*$")
+# pattern text, compiled (and cached) by re on first use rather than at import (#10, start time)
+_COORDINATE = r"(?i)^\s*([+-]?\d+(?:\.\d+)?)(?:\s*,\s*(\d+(?:\.\d+)?))?(?:\s*,\s*(\d+(?:\.\d+)?))?\s*([NSEW])?\s*$"
+_RATIONAL = r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?\s*$"
+_XMP_DATE = (r"^\s*(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?"
+             r"(Z|[+-]\d{2}:?\d{2})?)?)?)?\s*$")
 
 
 class _Junk(ValueError):
@@ -47,7 +50,7 @@ def coordinate(text: str | None, ref: str | None = None) -> float | None:
     """Signed degrees from an XMP GPSCoordinate (or decimal) text; None when absent or unreadable."""
     if text is None:
         return None
-    m = _COORDINATE.match(text)
+    m = re.match(_COORDINATE, text)
     if not m:
         raise _Junk(f"unreadable coordinate {text[:40]!r}")
     whole, minutes, seconds, hemisphere = m.groups()
@@ -63,7 +66,7 @@ def coordinate(text: str | None, ref: str | None = None) -> float | None:
 
 def rational(text: str | None) -> float | None:
     """A number from "123/10" or "12.3"; None when absent, junk or a zero denominator."""
-    m = _RATIONAL.match(text or "")
+    m = re.match(_RATIONAL, text or "")
     if not m:
         return None
     numerator, denominator = float(m.group(1)), float(m.group(2) or 1)
@@ -74,7 +77,7 @@ def xmp_datetime(text: str | None) -> str | None:
     """ISO 8601 from an XMP date ("2019-05-21T10:45:52+02:00", with or without seconds/offset)."""
     if not text:
         return None
-    m = _XMP_DATE.match(text)
+    m = re.match(_XMP_DATE, text)
     if not m:
         return iso_datetime(text)   # some writers put the EXIF form "2019:05:21 10:45:52" in XMP
     year, month, day, hour, minute, second, offset = m.groups()
@@ -107,6 +110,8 @@ def parse_packet(packet: bytes) -> ET.Element:
     upper = packet.upper()
     if b"<!DOCTYPE" in upper or b"<!ENTITY" in upper:
         raise _Junk("DOCTYPE or ENTITY declaration refused")
+    import xml.etree.ElementTree as ET
+
     try:
         return ET.fromstring(_xml_of(packet))
     except ET.ParseError as e:

@@ -48,6 +48,8 @@ class Rebuilt:
 
 @dataclass(frozen=True)
 class Format:
+    """One family: how it is recognised, located, rebuilt and inspected."""
+
     name: str                   # stable id, e.g. "jpeg", "png", "heic", "mp4", "mp3"
     kind: str                   # "photo" | "video" | "audio"
     media_type: str             # of the input, by content

@@ -61,6 +61,8 @@ ADOBE_PAYLOAD = 12     # identifier, version, flags0, flags1, transform
 
 @dataclass(frozen=True)
 class Segment:
+    """One marker segment of the walk: where it sits and what it holds."""
+
     marker: int
     start: int          # offset of the 0xFF of the marker
     end: int            # offset after the segment (after the entropy-coded data for SOS)
@@ -69,6 +71,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class Walk:
+    """A whole file's walk: its segments in order and whatever follows EOI."""
+
     segments: tuple[Segment, ...]
     trailer: bytes      # everything after EOI
 

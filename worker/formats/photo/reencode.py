@@ -67,13 +67,29 @@ def to_jpeg_mode(image: Image.Image, icc: bytes | None) -> Image.Image:
         raise unsupported(f"cannot convert a {image.mode} picture to {mode} for the agency copy ({e})") from None
 
 
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    """Peak signal-to-noise ratio of two same-size pictures, over their RGB values, in dB."""
+def _squared_error(a: Image.Image, b: Image.Image) -> float:
+    """Sum of squared RGB differences of two same-size pictures."""
     difference = ImageChops.difference(a if a.mode == "RGB" else a.convert("RGB"), b if b.mode == "RGB" else b.convert("RGB"))
-    squares = sum(ImageStat.Stat(difference).sum2)
+    return sum(ImageStat.Stat(difference).sum2)
+
+
+def _to_db(squares: float, samples: int) -> float:
     if squares == 0:
         return math.inf
-    return 10 * math.log10(255 ** 2 / (squares / (a.width * a.height * 3)))
+    return 10 * math.log10(255 ** 2 / (squares / samples))
+
+
+def psnr(a: Image.Image, b: Image.Image, rows: int = 256) -> float:
+    """Peak signal-to-noise ratio of two same-size pictures, over their RGB values, in dB.
+
+    Compared ``rows`` rows at a time, so the difference (and any RGB conversion) is a strip,
+    never another full-size picture beside the two.
+    """
+    squares = 0.0
+    for top in range(0, a.height, rows):
+        box = (0, top, a.width, min(top + rows, a.height))
+        squares += _squared_error(a.crop(box), b.crop(box))
+    return _to_db(squares, a.width * a.height * 3)
 
 
 def encode_jpeg(picture: Image.Image, quality: int, icc: bytes | None) -> bytes:
@@ -84,22 +100,73 @@ def encode_jpeg(picture: Image.Image, quality: int, icc: bytes | None) -> bytes:
     return out.getvalue()
 
 
+# The quality estimate encodes this many tiles of TILE x TILE pixels, on an even grid over the
+# picture (~2% of a 12 MP photo). Tiles start on the 8x8 block grid: with 4:4:4 every block is
+# transformed and quantised on its own, so a tile's error is exactly that of the same blocks in
+# the full encode and the estimate is the full picture's PSNR over a sample of its blocks.
+ESTIMATE_GRID = 4
+ESTIMATE_TILE = 128
+ESTIMATE_MARGIN_DB = 0.5       # a sample is not the whole: ask it for a little more
+
+
+def sample_tiles(picture: Image.Image) -> list[Image.Image]:
+    """Up to ESTIMATE_GRID² block-aligned tiles spread over ``picture`` (the whole when it is small)."""
+    width, height = picture.size
+    if width * height <= (ESTIMATE_GRID * ESTIMATE_TILE) ** 2:
+        return [picture]
+    tile_w, tile_h = min(ESTIMATE_TILE, width), min(ESTIMATE_TILE, height)
+    tiles = []
+    for row in range(ESTIMATE_GRID):
+        for column in range(ESTIMATE_GRID):
+            left = (column * (width - tile_w) // max(ESTIMATE_GRID - 1, 1)) // 8 * 8
+            top = (row * (height - tile_h) // max(ESTIMATE_GRID - 1, 1)) // 8 * 8
+            tiles.append(picture.crop((left, top, left + tile_w, top + tile_h)))
+    return tiles
+
+
+def estimated_quality(picture: Image.Image) -> int:
+    """The lowest of ``JPEG_QUALITIES`` whose encode of the sample tiles is visually equal (with a margin)."""
+    tiles = sample_tiles(picture)
+    if len(tiles) == 1 and tiles[0] is picture:
+        return JPEG_QUALITIES[0]   # small: the full check below is as cheap as any estimate
+    samples = sum(t.width * t.height * 3 for t in tiles)
+    for quality in JPEG_QUALITIES[:-1]:
+        squares = 0.0
+        for tile in tiles:
+            with Image.open(io.BytesIO(encode_jpeg(tile, quality, None))) as decoded:
+                squares += _squared_error(tile, decoded)
+        if _to_db(squares, samples) >= VISUALLY_EQUAL_DB + ESTIMATE_MARGIN_DB:
+            return quality
+    return JPEG_QUALITIES[-1]
+
+
+def visually_equal(picture: Image.Image, data: bytes) -> bool:
+    """Whether the JPEG ``data`` decodes to ``picture`` within VISUALLY_EQUAL_DB: one decode, compared in strips."""
+    with Image.open(io.BytesIO(data)) as decoded:
+        decoded.load()
+        return decoded.size == picture.size and psnr(picture, decoded) >= VISUALLY_EQUAL_DB
+
+
 def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
     """Write the loaded ``image`` upright to ``dst`` as a JPEG holding pixels and ``icc`` only.
 
-    ``info`` is emptied first because Pillow's writer takes a comment from it. The lowest quality
-    of ``JPEG_QUALITIES`` whose result is visually equal to the decoded picture is kept; returns it.
+    ``info`` is emptied first because Pillow's writer takes a comment from it. The quality is the
+    lowest of ``JPEG_QUALITIES`` that a few sample tiles say is enough (``estimated_quality``); the
+    whole copy is then decoded once and compared with the picture, and only when it misses the
+    bar (the sample was not representative) is the next quality tried. Returns the quality kept.
     """
-    picture = to_jpeg_mode(upright(image), icc)
+    # The caller's image is not used after this, so it is turned in place: a copy would keep the
+    # unturned full-size picture alive through the encode and the check.
+    if image.getexif().get(0x0112, 1) not in (None, 1):
+        ImageOps.exif_transpose(image, in_place=True)
+    picture = to_jpeg_mode(image, icc)
     picture.info = {}   # may be the caller's own image: it is not used after this
     keep_icc = icc_profiles.clean(icc) if icc and icc_space(icc) == picture.mode else None
-    for quality in JPEG_QUALITIES:
+    first = JPEG_QUALITIES.index(estimated_quality(picture))
+    for quality in JPEG_QUALITIES[first:]:
         data = encode_jpeg(picture, quality, keep_icc)
-        if quality == JPEG_QUALITIES[-1]:
+        if quality == JPEG_QUALITIES[-1] or visually_equal(picture, data):
             break
-        with Image.open(io.BytesIO(data)) as decoded:
-            if psnr(picture, decoded) >= VISUALLY_EQUAL_DB:
-                break
     try:
         dst.write_bytes(data)
     except OSError as e:
@@ -171,4 +238,5 @@ def salvage(src: Path, dst: Path, limits: Limits, damage: SanitizeError, *, trun
                     removed=("the damaged container and all its metadata",), salvage_reason=damage.message)
 
 
-__all__ = ["write_jpeg", "salvage", "Salvaged", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES"]
+__all__ = ["write_jpeg", "salvage", "Salvaged", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES",
+           "estimated_quality", "visually_equal"]
