@@ -6,13 +6,12 @@ import logging
 from worker import retention
 from worker.app import app
 from worker.services import get_services
-from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-# on the sweeper's queue: a backlog of uploads never delays retention
-@app.task(name="tasks.purge", acks_late=True, ignore_result=True, queue=get_settings().resolved_sweep_queue())
+# on the sweeper's queue (worker/app.py task_routes): a backlog of uploads never delays retention
+@app.task(name="tasks.purge", acks_late=True, ignore_result=True)
 def purge() -> int:
     purged = retention.purge(services=get_services(), actor="retention")
     if purged:

@@ -18,7 +18,8 @@ from worker.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-@app.task(name="tasks.sweep", acks_late=True, ignore_result=True, queue=get_settings().resolved_sweep_queue())
+# on its own queue (worker/app.py task_routes): a backlog of uploads never delays it
+@app.task(name="tasks.sweep", acks_late=True, ignore_result=True)
 def sweep() -> int:
     republished = sweeper.sweep(get_services()).republished
     observe.republished(len(republished))
