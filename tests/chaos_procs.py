@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.workerproc import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -36,14 +38,8 @@ def _wait_port(port: int, timeout_s: float, what: str, proc: subprocess.Popen | 
 
 
 def _stop(proc: subprocess.Popen | None, timeout_s: float = 10) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc is not None:
+        stop_process(proc, timeout_s)
 
 
 class RedisServer:
