@@ -108,8 +108,14 @@ def test_a_whole_worker_killed_after_finishing_is_cleaned_up_by_a_new_worker_and
         with services.sessions() as session:
             assert session.get(records.Job, upload_id).state == "done"
         assert services.store.head(incoming_key(upload_id)) is not None   # the residue issue 8 saw
+        # the whole worker dies, as with its container: the main process, the paused pool child and
+        # the embedded beat (which would otherwise live on, orphaned, after this test)
+        import psutil
+        family = psutil.Process(worker.proc.pid).children(recursive=True)
         os.kill(worker.proc.pid, signal.SIGKILL)
-        os.kill(pid, signal.SIGKILL)
+        for process in family:
+            process.kill()
+        assert pid in {process.pid for process in family}
         worker.proc.wait()
         dead = {f.pid for f in workdir.folders(work_root)}
         assert pid in dead
