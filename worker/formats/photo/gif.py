@@ -210,8 +210,6 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         data, w = _checked_for_copy(src, limits)
         release_read()
     except SanitizeError as e:
-        if e.code not in ("corrupt", "truncated"):
-            raise
         return reencode.salvage(src, dst, limits, e)
     icc_written = False
     out, removed = [data[:w.screen_end]], []

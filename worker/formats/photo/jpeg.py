@@ -477,9 +477,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         data, result = _read(src, limits)
         release_read()
     except SanitizeError as e:
-        if e.code not in ("corrupt", "truncated"):
-            raise
-        from worker.formats.photo import reencode   # only a damaged photo pays for the re-encoder
+        from worker.formats.photo import reencode   # only a refused photo pays for the re-encoder
         return reencode.salvage(src, dst, limits, e, truncated_ok=True)
     exif = next((s.payload for s in result.segments if s.marker == APP1 and s.payload.startswith(EXIF_ID)), None)
     orientation = orientation_of(exif[len(EXIF_ID):]) if exif is not None else 1

@@ -394,8 +394,6 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         release_read()
         check_image_data(result)
     except SanitizeError as e:
-        if e.code not in ("corrupt", "truncated"):
-            raise
         return reencode.salvage(src, dst, limits, e)
     orientation = display_orientation(blobs.exif[0] if blobs.exif else None, blobs.xmp[0] if blobs.xmp else None)
     out, removed = [SIGNATURE], []

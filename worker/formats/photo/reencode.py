@@ -206,13 +206,21 @@ class Salvaged(Rebuilt):
     salvage_reason: str = ""
 
 
+SALVAGEABLE_CODES = frozenset({"corrupt", "truncated"})
+
+
 def salvage(src: Path, dst: Path, limits: Limits, damage: SanitizeError, *, truncated_ok: bool = False) -> Salvaged:
     """Decode ``src`` with Pillow and write it as a clean JPEG; ``damage`` (why the container walk
     refused it) is raised when nothing decodes, and is the salvage reason when something does.
 
     ``truncated_ok`` lets Pillow's JPEG decoder finish a picture whose data stops early (grey below
     the cut), as viewers show it; it is set only around this one decode.
+
+    Only a damaged container (``corrupt``, ``truncated``) is salvaged; any other refusal (too large,
+    unsupported, a timeout) is raised as it is, so the families call this from every refusal.
     """
+    if damage.code not in SALVAGEABLE_CODES:
+        raise damage
     from PIL import ImageFile
 
     previous = ImageFile.LOAD_TRUNCATED_IMAGES

@@ -180,8 +180,6 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         frames = max(1, sum(1 for c in w.chunks if c.id == b"ANMF"))
         reencode.check_decodes(src, frames, width, height, "WebP")   # a copy is byte-identical: it must be sound
     except SanitizeError as e:
-        if e.code not in ("corrupt", "truncated"):
-            raise
         return reencode.salvage(src, dst, limits, e)
     vp8x = _vp8x(w)
     exif = next((w.payload(c) for c in w.chunks if c.id == b"EXIF"), None)
