@@ -217,7 +217,7 @@ def print_tables(rows: list[dict], corpus: dict | str | None, meta: dict, iterat
                   f"commit {m['commit']}, {m['date']}, load average {meta['loadavg_1m_before_after'][0]} before, "
                   f"{meta['loadavg_1m_before_after'][1]} after")
     table = Table("format", "sample MB", "copy", "fix", "median s", "p95 s", "first s", "MB/s", "files/s", "CPU s",
-                  "peak RSS MB\n(- import base)", "tools peak MB")
+                  "peak RSS MB\n(- import base)", "tool starts,\npeak MB")
     for r in rows:
         if r.get("status") != "sanitized":
             err = r.get("error")
@@ -226,7 +226,8 @@ def print_tables(rows: list[dict], corpus: dict | str | None, meta: dict, iterat
                           f"[red]{r.get('status')}[/]", "", f"[dim]{str(why)[:70]}[/]", *[""] * 7)
             continue
         memory = r["memory"]
-        tools = ", ".join(f"{k} {mb(v['peak_rss_kb'])}" for k, v in sorted(memory["tools"].items())) or "-"
+        # tool starts per file and each tool's peak: "ffprobe x1 47, ffmpeg x2 58"
+        tools = ", ".join(f"{k} x{v['calls']} {mb(v['peak_rss_kb'])}" for k, v in sorted(memory["tools"].items())) or "none"
         table.add_row(r["format"], f"{r['bytes'] / MB:.1f}", r["copy_format"], "yes" if r["location_found"] else "no",
                       f"{r['median_s']:.3f}",
                       f"{r['p95_s']:.3f}", f"{r['first_s']:.3f}", f"{r['mb_per_s']:.1f}", f"{r['files_per_s']:.2f}",
