@@ -104,8 +104,8 @@ def inspect(path: Path) -> list[str]:
                 findings.append("the copy holds no AMR frame")
     except SanitizeError as e:
         return [f"the copy cannot be read: {e.message}"]
-    # mutagen has no AMR reader; ffprobe is the independent one
-    return findings + reader_findings(path, None)
+    # mutagen has no AMR reader (and the format has no tags): ffmpeg's decode sample is the independent one
+    return findings + reader_findings(path, None, count * FRAME_SECONDS)
 
 
 FORMATS = [

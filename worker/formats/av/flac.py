@@ -25,7 +25,7 @@ from array import array
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file, write_range
+from worker.formats.av.audio_inspect import CopyWalk, check_frames_decode, inspect_copy, mapped_file, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.av.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
@@ -317,31 +317,33 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     return Rebuilt(format="flac", media_type="audio/flac", extension=".flac", removed=tuple(removed))
 
 
-def structure_findings(data) -> list[str]:
-    """Only STREAMINFO and SEEKTABLE, "fLaC" at byte 0, frames right after, no tag at either end."""
+def walk_copy(data) -> CopyWalk:
+    """Only STREAMINFO and SEEKTABLE, "fLaC" at byte 0, frames right after, no tag at either end;
+    the duration is STREAMINFO's (None when it gives no sample count)."""
     findings: list[str] = []
     try:
         blocks, frames_start = read_blocks(data, 0)
     except SanitizeError as e:
-        return [f"the copy's FLAC metadata cannot be walked: {e.message}"]
+        return CopyWalk([f"the copy's FLAC metadata cannot be walked: {e.message}"], None)
     for block_type, _, _ in blocks:
         if block_type not in KEPT_BLOCKS:
             findings.append(f"FLAC {BLOCK_NAMES.get(block_type, f'block type {block_type}')} block")
     if not blocks or blocks[0][0] != STREAMINFO or blocks[0][2] != STREAMINFO_SIZE:
-        return findings + ["the copy does not start with a STREAMINFO block"]
+        return CopyWalk(findings + ["the copy does not start with a STREAMINFO block"], None)
+    duration = _duration(data, blocks)
     try:
         end, _ = walk_frames(data, frames_start, _total_samples(data, blocks), _max_frame(data, blocks))
     except SanitizeError as e:
-        return findings + [f"the copy's frames cannot be walked: {e.message}"]
+        return CopyWalk(findings + [f"the copy's frames cannot be walked: {e.message}"], duration)
     if end != len(data):
         findings.append(f"{len(data) - end} bytes after the last frame")
-    return findings
+    return CopyWalk(findings, duration)
 
 
 def inspect(path: Path) -> list[str]:
     import mutagen.flac
 
-    return inspect_copy(path, structure_findings, mutagen.flac.FLAC)
+    return inspect_copy(path, walk_copy, mutagen.flac.FLAC)
 
 
 FORMATS = [
