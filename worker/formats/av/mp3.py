@@ -202,11 +202,21 @@ def _tag_at(data, pos: int) -> bool:
 # the per-frame checks (frame_header, same_stream, _confirmed) would keep. The Python loop handles
 # what ends a run (a tag, junk, another stream, a cut-off frame, the frame before the end) as before.
 RUN_WINDOW = 4 << 20               # bytes one run covers at most: the pages behind it are released
-HEADER_MARKERS = (*XING_MARKERS, b"VBRI")
+# a header frame later in the stream has all-zero side information (header_fields_end): at least 7
+# zero bytes right before its Xing/Info marker (30 before VBRI's). Searched as one literal prefix.
+LATER_HEADER_MARK = re.compile(b"\0" * 7 + b"(?:Xing|Info|VBRI)")
+MARK_OFFSET = 7
 
 
 def _byte_class(values) -> bytes:
-    return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(set(values))) + b"]"
+    """A character class of ``values``, contiguous ones as ranges (a short pattern compiles fast)."""
+    ranges: list[list[int]] = []
+    for v in sorted(set(values)):
+        if ranges and ranges[-1][1] == v - 1:
+            ranges[-1][1] = v
+        else:
+            ranges.append([v, v])
+    return b"[" + b"".join(b"\\x%02x" % a if a == b else b"\\x%02x-\\x%02x" % (a, b) for a, b in ranges) + b"]"
 
 
 @dataclass(frozen=True)
@@ -222,16 +232,17 @@ def stream_patterns(version: str, layer: int, sample_rate: int) -> StreamPattern
     layer_bits = next(bits for bits, number in _LAYERS.items() if number == layer)
     rate_index = _VERSIONS[version_bits][1].index(sample_rate)
     second = _byte_class(0xE0 | version_bits << 3 | layer_bits << 1 | no_crc for no_crc in (0, 1))
-    fourth = _byte_class(b for b in range(256) if b & 3 != 2)
+    fourth = _byte_class(b for b in range(256) if b & 3 != 2)       # emphasis 2 is reserved
     thirds: dict[int, list[int]] = {}       # frame length -> the third bytes that give it
     for bitrate_index in range(1, 15):      # 0 is free format, 15 is invalid
         for padding in (0, 1):
             length, _ = _frame_size(version, layer, sample_rate, bitrate_index, padding)
             thirds.setdefault(length, []).extend(bitrate_index << 4 | rate_index << 2 | padding << 1 | private
                                                  for private in (0, 1))
-    header = b"\xff" + second + _byte_class(b for values in thirds.values() for b in values) + fourth
-    frame = b"\xff" + second + b"(?:" + b"|".join(_byte_class(values) + fourth + b".{%d}" % (length - 4)
-                                                   for length, values in thirds.items()) + b")"
+    header = b"\\xff" + second + _byte_class(b for values in thirds.values() for b in values) + fourth
+    # the header is checked whole by the lookahead, then the third byte alone picks the length
+    frame = b"(?=" + header + b")\\xff." + b"(?:" + b"|".join(_byte_class(values) + b".{%d}" % (length - 3)
+                                                       for length, values in thirds.items()) + b")"
     return StreamPatterns(run=re.compile(b"(?:" + frame + b"(?=" + header + b"))*+", re.S),
                           frame=re.compile(frame + b"()", re.S))
 
@@ -245,14 +256,16 @@ def frame_run(data, pos: int, stop: int, stream: FrameHeader) -> tuple[int, int]
 
 
 def _next_marker(data, start: int, stop: int) -> int:
-    found = [at for marker in HEADER_MARKERS if (at := data.find(marker, start, stop)) >= 0]
-    return min(found, default=-1)
+    """Where the next marker a later header frame could hold starts in ``[start, stop)``, or -1."""
+    found = LATER_HEADER_MARK.search(data, start, stop)
+    return found.start() + MARK_OFFSET if found else -1
 
 
 def marked_frames(data, start: int, stop: int, stream: FrameHeader) -> list[tuple[int, FrameHeader]]:
-    """The frames of the run ``[start, stop)`` (frame_run's) that hold a Xing, Info or VBRI marker:
-    the only frames header_fields_end can take for header frames. The markers are found by byte
-    search; only when there is one is the run walked frame by frame to the last of them."""
+    """The frames of the run ``[start, stop)`` (frame_run's) that hold a Xing, Info or VBRI marker
+    after zero bytes: the only ones header_fields_end can take for header frames later in a stream.
+    The markers are found by one search; only when there is one is the run walked frame by frame
+    (in C) to the last of them."""
     hit = _next_marker(data, start, stop)
     found: list[tuple[int, FrameHeader]] = []
     if hit < 0:
