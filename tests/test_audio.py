@@ -599,3 +599,51 @@ def test_one_tool_start_per_audio_file(name, built, tmp_path, monkeypatch):
     assert report.status == "sanitized", report.as_json()
     assert [args[0] for args in started] == ["ffmpeg"]
     assert started[0][-3:] == ["-f", "null", "-"]
+
+
+def _table_crc16(data: bytes) -> int:
+    """FLAC's CRC-16 one table step per byte: the reference crc16_closes is held to."""
+    from worker.formats.av.flac import CRC16
+
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ byte]
+    return crc
+
+
+def test_flac_crc16_by_factors_agrees_with_the_table_crc():
+    """crc16_closes (parity and the x^15 + x + 1 fold, in big integers) says a frame closes exactly
+    when the table CRC over it is 0: frames of every size with their CRC appended, then each with
+    one bit flipped, one byte changed, two bytes swapped, the trinomial factor or the whole
+    polynomial added, and random data."""
+    import random
+
+    from worker.formats.av.flac import crc16_closes
+
+    rng = random.Random(10)
+    checked = closing = 0
+    for size in (1, 2, 3, 7, 16, 31, 64, 500, 1601, 4096, 12345):
+        for _ in range(30):
+            body = rng.randbytes(size)
+            frame = body + _table_crc16(body).to_bytes(2, "big")
+            variants = [frame, body]
+            flipped = bytearray(frame)
+            bit = rng.randrange(len(frame) * 8)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            changed = bytearray(frame)
+            changed[rng.randrange(len(frame))] = rng.randrange(256)
+            swapped = bytearray(frame)
+            i, j = rng.randrange(len(frame)), rng.randrange(len(frame))
+            swapped[i], swapped[j] = swapped[j], swapped[i]
+            variants += [bytes(flipped), bytes(changed), bytes(swapped), frame + b"\0", b"\0" + frame]
+            # x^15 + x + 1 or the whole polynomial 0x18005 added somewhere: the first only the parity
+            # of the bits tells apart, the second no CRC can (it stays 0)
+            for poly in (0x8003, 0x18005):
+                if len(frame) > 3:
+                    value = int.from_bytes(frame, "big") ^ (poly << rng.randrange(len(frame) * 8 - 17))
+                    variants.append(value.to_bytes(len(frame), "big"))
+            for data in variants:
+                expected = _table_crc16(data) == 0
+                assert crc16_closes(data) == expected, (size, data[:16].hex())
+                checked, closing = checked + 1, closing + expected
+    assert closing > 300 and checked - closing > 1000     # both answers were exercised
