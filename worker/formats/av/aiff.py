@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.errors import corrupt, too_large, truncated, unsupported
 from worker.formats.walkers import iff
-from worker.formats.av.audio_inspect import CopyWalk, inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import CopyWalk, inspect_copy, mapped_file, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -80,7 +80,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             out.write(b"FORM" + struct.pack(">I", body_size) + bytes(data[8:12]) + head)
             # the samples are streamed from the map, not built into one chunk in memory
             out.write(b"SSND" + struct.pack(">I", sound.size))
-            out.write(data[sound.data_offset:sound.data_offset + sound.size])
+            write_range(out, data, sound.data_offset, sound.data_offset + sound.size)
             out.write(b"\0" * pad)
     return Rebuilt(format="aiff", media_type="audio/aiff", extension=".aiff", removed=tuple(removed))
 

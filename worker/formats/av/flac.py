@@ -22,7 +22,8 @@ import struct
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import CopyWalk, check_frames_decode, inspect_copy, mapped_file, write_range
+from worker.formats.av.audio_inspect import (CopyWalk, check_frames_decode, inspect_copy, mapped_file, release,
+                                             write_range)
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.av.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
@@ -90,6 +91,7 @@ def crc16_closes(frame: bytes) -> bool:
     return value.bit_count() % 2 == 0 and _mod_trinomial(value) == 0
 
 
+RELEASE_FRAMES = 1024         # frames walked between two releases of the memory behind
 MAX_FRAME = 1 << 22          # a frame never exceeds 65535 samples x 8 channels x 32 bits (2 MiB); with room
 FIXED_BLOCK_SIZES = {1: 192, 2: 576, 3: 1152, 4: 2304, 5: 4608, **{c: 256 << (c - 8) for c in range(8, 16)}}
 TRAILERS = (b"ID3", b"TAG", b"APETAGEX")
@@ -190,6 +192,8 @@ def walk_frames(data, start: int, total_samples: int, max_frame: int = MAX_FRAME
             # damage, or bytes inserted between two frames (which would ride along in the copy)
             raise corrupt(f"the FLAC frame at byte {pos} fails its CRC-16 check")
         pos, number, block = found
+        if frames % RELEASE_FRAMES == 0:
+            release(data, 0, pos)       # the pages behind the walk: a long recording is not held in memory
         length = frame_header(data, pos)[0]
         samples, frames = samples + block, frames + 1
     end = _frame_end(data, pos, length)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import CopyWalk, check_frames_decode, mapped_file, reader_findings
+from worker.formats.av.audio_inspect import (CopyWalk, check_frames_decode, mapped_file, reader_findings, release,
+                                             write_range)
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -35,6 +36,7 @@ BOS = 0x02
 # header packets worth reading before giving up on finding the end of the headers (cover art in a
 # comment packet can be large, but not this large)
 MAX_HEADER_BYTES = 64 * 1024 * 1024
+RELEASE_PAGES = 1024                          # Ogg pages walked between two releases of the memory behind
 
 EMPTY_VORBIS_COMMENT = b"\x03vorbis" + struct.pack("<II", 0, 0) + b"\x01"   # vendor "", 0 comments, framing bit
 EMPTY_OPUS_TAGS = b"OpusTags" + struct.pack("<II", 0, 0)
@@ -129,6 +131,8 @@ def _stream_extent(data) -> tuple[int, int, int]:
     raises for a second logical stream, a bad CRC, a gap in the sequence numbers and a page after damage."""
     serial, end, count, sequence, granule = None, 0, 0, None, -1
     for page in iter_pages(data):
+        if count and count % RELEASE_PAGES == 0:
+            release(data, 0, page.offset)      # the pages behind the walk (a long recording is not held)
         if serial is None:
             serial = page.serial
         elif page.serial != serial or page.flags & BOS:
@@ -240,7 +244,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         end, _, _ = _stream_extent(data)
         removed = [f"data after the last Ogg page ({len(data) - end} bytes)"] if end < len(data) else []
         with open(dst, "wb") as out:
-            out.write(data[:end])
+            write_range(out, data, 0, end)
     with open(dst, "r+b") as f:
         old_pages, packets = _read_headers(f, codec)
         if old_pages[-1].offset + old_pages[-1].size >= end:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
 from worker.formats.walkers import iff
-from worker.formats.av.audio_inspect import CopyWalk, inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import CopyWalk, inspect_copy, mapped_file, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -91,7 +91,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             out.write(b"RIFF" + struct.pack("<I", body_size) + b"WAVE" + head)
             # the samples are streamed from the map, not built into one chunk in memory
             out.write(b"data" + struct.pack("<I", samples.size))
-            out.write(data[samples.data_offset:samples.data_offset + samples.size])
+            write_range(out, data, samples.data_offset, samples.data_offset + samples.size)
             out.write(b"\0" * pad)
     return Rebuilt(format="wav", media_type="audio/wav", extension=".wav", removed=tuple(removed))
 
