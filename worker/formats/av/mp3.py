@@ -29,7 +29,12 @@ writes personal data into.
 
 The scan is linear and bounded: after junk it resumes at the next place a frame or a tag could
 start (one forward search, never a search to the end per step), and once the audio has started, a
-long run of junk or thousands of false syncs in a row end it (the rest is dropped, unread).
+long run of junk or thousands of false syncs in a row end it (the rest is dropped, unread). It is
+also C-speed: once the stream is known, runs of its frames are walked by one regular expression
+(exactly the frames the per-frame checks keep; a test holds the two equal on damaged files), and
+only what ends a run goes through those checks one frame at a time. The file is mapped, read
+once, and the pages behind the walk are released, so a long recording is never held in memory.
+The verifier's walk of the copy (``walk_copy``) is a walk of its own, in the same runs.
 
 MP3 has no standard place for a location, and ID3's TDRC/TYER is a release date, not a capture
 time, so ``locate`` finds nothing.
