@@ -107,7 +107,7 @@ def mutagen_findings(path: Path, file_type: type) -> list[str]:
     return findings
 
 
-def decode_findings(path: Path, duration: float | None) -> list[str]:
+def sample_decode_findings(path: Path, duration: float | None) -> list[str]:
     """ffmpeg's decode sample of the copy (worker.tools.decode_sample) as findings: empty when it
     decodes. When the rebuild already decoded these very bytes (``check_frames_decode``), that
     passing answer is this one: the same question about the same bytes, asked once."""
@@ -140,7 +140,7 @@ def reader_findings(path: Path, file_type: type | None, duration: float | None) 
     """Both independent readers, as every audio module's ``inspect`` ends: mutagen where it knows
     the format (it has no AMR reader), then ffmpeg's decode sample at the walk's ``duration``."""
     findings = mutagen_findings(path, file_type) if file_type is not None else []
-    return findings + decode_findings(path, duration)
+    return findings + sample_decode_findings(path, duration)
 
 
 def inspect_copy(path: Path, walk_copy: Callable[[mmap.mmap], CopyWalk], file_type: type | None) -> list[str]:
