@@ -3,13 +3,13 @@
 Each audio module walks its own structure in ``inspect`` (``walk_copy``: the container or frames
 to the last byte, against the format's allow-list) and counts the copy's duration on the way.
 Then two readers from code that did not write the copy: mutagen (the tag library most players
-share: tags, Vorbis vendor strings, pictures; it has no AMR reader) and ffmpeg, which decodes a
-sample of the copy at the walk's duration (2 s at the start, middle and end). ffprobe is not
-asked: its tags, streams, attached pictures and chapters are what the walks refuse to the byte
-(a copy is frames from its first byte to its last, or an allow-listed set of chunks or blocks with
-an empty comment) and mutagen reads again, and the duration it gave for the decode sample is the
-walk's. These checks return findings (empty when the copy is clean), never raise for a dirty copy,
-and report an unreadable copy as a finding too.
+share: tags, Vorbis vendor strings, pictures, the encoder an MP3 header frame names; it has no
+AMR reader) and ffmpeg, which decodes a sample of the copy at the walk's duration (2 s at the
+start, middle and end). ffprobe is not asked: its tags, streams, attached pictures and chapters
+are what the walks refuse to the byte (a copy is frames from its first byte to its last, or an
+allow-listed set of chunks or blocks with an empty comment) and mutagen reads again, and the
+duration it gave for the decode sample is the walk's. These checks return findings (empty when
+the copy is clean), never raise for a dirty copy, and report an unreadable copy as a finding too.
 """
 from __future__ import annotations
 
