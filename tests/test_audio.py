@@ -270,9 +270,11 @@ def test_corpus_lame_header_frames_name_no_encoder(relative_path, tmp_path):
 
 def test_verifier_fails_on_a_lame_extension_put_back(built, tmp_path):
     """The copy with its header frame restored to the input's (LAME extension, valid CRC): both the
-    structure walk and ffprobe's encoder tag must fail it."""
+    frame walk and mutagen's reading of the header frame must fail it."""
+    import mutagen.mp3
+
     from worker.formats.av import mp3
-    from worker.formats.av.audio_inspect import ffprobe_findings
+    from worker.formats.av.audio_inspect import mutagen_findings
     from worker.formats.base import Rebuilt
 
     report = sanitize_file(built["mp3"], tmp_path / "copy", LIMITS)
@@ -280,8 +282,8 @@ def test_verifier_fails_on_a_lame_extension_put_back(built, tmp_path):
     copy = out.read_bytes()
     length = mp3.frame_header(copy, 0).length
     out.write_bytes(_frames_only(built["mp3"].read_bytes())[:length] + copy[length:])
-    assert any("encoder" in f for f in mp3.structure_findings(out.read_bytes()))
-    assert any("encoder" in f for f in ffprobe_findings(out))
+    assert any("encoder" in f for f in mp3.walk_copy(out.read_bytes()).findings)
+    assert any("encoder 'LAME" in f for f in mutagen_findings(out, mutagen.mp3.MP3))
     with pytest.raises(SanitizeError) as e:
         verify_copy(out, Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3"))
     assert e.value.code == "verify_failed"
@@ -339,7 +341,7 @@ def test_a_header_frame_inside_the_stream_is_blanked_too(built, tmp_path):
     # data of audio frames is audio-frame content: it stays, see mp3.py)
     assert out[length:len(frames)] == frames[length:]
     assert out[len(frames) + length:] == frames[length:]
-    assert mp3.structure_findings(out) == []
+    assert mp3.walk_copy(out).findings == []
 
 
 def test_info_inside_real_audio_is_not_taken_for_a_header_frame(built):
@@ -459,3 +461,189 @@ def test_damaged_ogg_pages_are_corrupt_before_a_copy(damage, built, tmp_path):
     src.write_bytes(_ogg_sequence_gap(raw) if damage == "sequence gap" else _ogg_bad_crcs(raw))
     report = sanitize_file(src, tmp_path / "copy", LIMITS)
     assert (report.status, report.error.code) == ("rejected", "corrupt"), report.as_json()
+
+
+# --- MP3 frames walked in runs (#10) -------------------------------------------------------------
+
+def _scan_outcome(data: bytes):
+    from worker.formats.av import mp3
+
+    try:
+        result = mp3.scan(data, LIMITS)
+    except SanitizeError as e:
+        return e.code, e.message
+    return result.frames, result.removed, result.blanked, result.samples, result.sample_rate
+
+
+def _damaged(raw: bytes, seed: int) -> bytes:
+    """``raw`` with a few deterministic kinds of damage: flipped bits, junk, tags and header-frame
+    markers inserted, a header frame of silence planted mid-stream, ranges repeated or cut."""
+    import random
+
+    rng = random.Random(seed)
+    data = bytearray(raw)
+    snippets = (b"Xing", b"Info", b"VBRI", b"APETAGEX", b"TAG", b"ID3\x04\x00\x00\x00\x00\x00\x10" + bytes(16),
+                b"\xff\xfb\x50\xc4", b"\xff\xf3\x50\xc4", bytes(7) + b"Info", b"LYRICSEND")
+    for _ in range(rng.randint(1, 6)):
+        at = rng.randrange(len(data))
+        op = rng.choice(("flip", "junk", "snippet", "repeat", "delete", "cut", "silent header"))
+        if op == "flip":
+            data[at] ^= 1 << rng.randrange(8)
+        elif op == "junk":
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+        elif op == "snippet":
+            data[at:at] = rng.choice(snippets)
+        elif op == "repeat":
+            data[at:at] = data[at:at + rng.randint(1, 4000)]
+        elif op == "delete":
+            del data[at:at + rng.randint(1, 600)]
+        elif op == "cut":
+            del data[max(at, 1):]
+        else:   # the next frame made a header frame: zero side information, a marker, an encoder name
+            frame = data.find(raw[:2] if raw[:1] == b"\xff" else b"\xff\xfb", at)
+            if frame > 0:
+                data[frame + 4:frame + 4 + 17 + 16] = bytes(17) + rng.choice((b"Xing", b"Info")) + bytes(3) + b"\x01" \
+                    + b"LAME3.99"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("window", [0, 3000])
+def test_mp3_runs_keep_exactly_what_the_per_frame_checks_keep(window, built, monkeypatch):
+    """The scan and the copy's walk in runs (one regular expression a stream) against the same code
+    with no run at all (RUN_WINDOW 0: every frame through frame_header, _confirmed and
+    header_fields_end one by one), on damaged files: the same frames, blanks, removals, sample
+    count, error and findings. A window of 3000 bytes puts run ends everywhere."""
+    from worker.formats.av import mp3
+
+    inputs = {"tagged": built["mp3"].read_bytes(), "frames": _frames_only(built["mp3"].read_bytes())}
+    inputs["glued"] = inputs["frames"] * 3
+    cases = [(name, raw) for name, raw in inputs.items()]
+    cases += [(f"{name} damaged {seed}", _damaged(raw, seed)) for name, raw in inputs.items() for seed in range(40)]
+    runs = {name: (_scan_outcome(data), mp3.walk_copy(data)) for name, data in cases}
+    monkeypatch.setattr(mp3, "RUN_WINDOW", window)
+    per_frame = {name: (_scan_outcome(data), mp3.walk_copy(data)) for name, data in cases}
+    assert runs == per_frame
+    # the damage reached what the walks judge: frames dropped, header frames blanked, findings
+    assert sum(isinstance(scan[0], list) and len(scan[0]) > 1 for scan, _ in runs.values()) >= 5
+    assert sum(len(scan[2]) > 1 for scan, _ in runs.values() if isinstance(scan[0], list)) >= 5
+    assert sum(bool(walk.findings) for _, walk in runs.values()) >= 20
+
+
+def test_a_damaged_frame_header_mid_stream_is_dropped_and_named(built):
+    """One frame header broken in the middle of the audio: that frame goes, and so does the one
+    before it, which no next frame confirms (both named as non-audio data); the frames on both
+    sides stay, as the per-frame scan has always done."""
+    from worker.formats.av import mp3
+
+    frames = _frames_only(built["mp3"].read_bytes())
+    glued = bytearray(frames * 4)
+    before, pos = 0, 0
+    while pos < len(glued) // 2:
+        before, pos = pos, pos + mp3.frame_header(glued, pos).length
+    broken = mp3.frame_header(glued, pos)
+    glued[pos + 2] |= 0xF0                # bitrate index 15: not a frame header
+    result = mp3.scan(bytes(glued), LIMITS)
+    assert result.frames == [(0, before), (pos + broken.length, len(glued))]
+    assert f"non-audio data ({pos + broken.length - before} bytes)" in result.removed
+    # the copy's walk stops there; before it, it named the LAME header frames of the glued copies
+    findings = mp3.walk_copy(bytes(glued)).findings
+    assert findings[-1] == f"bytes at {pos} are not an MPEG audio frame of the stream"
+    assert [f.split(" keeps")[0] for f in findings[:-1]] == [f"the header frame at {at}"
+                                                             for at in range(0, pos, len(frames))]
+
+
+def test_a_long_mp3_is_walked_without_holding_it_in_memory(tmp_path):
+    """A 40 MiB MP3 is mapped, walked and copied with the pages behind the walk released: the
+    sanitizing process grows by far less than the file (the ffmpeg decode is another process)."""
+    import subprocess
+    import sys
+
+    clip = tmp_path / "clip.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=10", "-c:a", "libmp3lame", "-b:a", "128k",
+                    "-write_xing", "0", "-id3v2_version", "0", str(clip)], check=True)
+    one = clip.read_bytes()
+    src = tmp_path / "long.mp3"
+    with open(src, "wb") as f:
+        for _ in range((40 << 20) // len(one)):
+            f.write(one)
+    script = ("import resource, sys\n"
+              "from pathlib import Path\n"
+              "from worker.formats.base import Limits\n"
+              "from worker.sanitizer import sanitize_file\n"
+              "import mutagen.mp3, worker.tools\n"
+              "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              f"report = sanitize_file(Path({str(src)!r}), Path({str(tmp_path / 'copy')!r}), Limits())\n"
+              "assert report.status == 'sanitized', report.as_json()\n"
+              "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) < src.stat().st_size // 4
+
+
+@pytest.mark.parametrize("name", sorted(audio.BUILDERS))
+def test_one_tool_start_per_audio_file(name, built, tmp_path, monkeypatch):
+    """Every audio family starts one tool, the decode sample (the rebuild's, or for WAV and AIFF the
+    verifier's): counted on the argument lists worker.tools.run_tool really runs."""
+    from worker import tools
+
+    started: list[list[str]] = []
+    real = tools.run_tool
+
+    def recording(args, *rest, **kwargs):
+        started.append(list(args))
+        return real(args, *rest, **kwargs)
+
+    monkeypatch.setattr(tools, "run_tool", recording)
+    report = sanitize_file(built[name], tmp_path / "copy", LIMITS)
+    assert report.status == "sanitized", report.as_json()
+    assert [args[0] for args in started] == ["ffmpeg"]
+    assert started[0][-3:] == ["-f", "null", "-"]
+
+
+def _table_crc16(data: bytes) -> int:
+    """FLAC's CRC-16 one table step per byte: the reference crc16_closes is held to."""
+    from worker.formats.av.flac import CRC16
+
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ byte]
+    return crc
+
+
+def test_flac_crc16_by_factors_agrees_with_the_table_crc():
+    """crc16_closes (parity and the x^15 + x + 1 fold, in big integers) says a frame closes exactly
+    when the table CRC over it is 0: frames of every size with their CRC appended, then each with
+    one bit flipped, one byte changed, two bytes swapped, the trinomial factor or the whole
+    polynomial added, and random data."""
+    import random
+
+    from worker.formats.av.flac import crc16_closes
+
+    rng = random.Random(10)
+    checked = closing = 0
+    for size in (1, 2, 3, 7, 16, 31, 64, 500, 1601, 4096, 12345):
+        for _ in range(30):
+            body = rng.randbytes(size)
+            frame = body + _table_crc16(body).to_bytes(2, "big")
+            variants = [frame, body]
+            flipped = bytearray(frame)
+            bit = rng.randrange(len(frame) * 8)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            changed = bytearray(frame)
+            changed[rng.randrange(len(frame))] = rng.randrange(256)
+            swapped = bytearray(frame)
+            i, j = rng.randrange(len(frame)), rng.randrange(len(frame))
+            swapped[i], swapped[j] = swapped[j], swapped[i]
+            variants += [bytes(flipped), bytes(changed), bytes(swapped), frame + b"\0", b"\0" + frame]
+            # x^15 + x + 1 or the whole polynomial 0x18005 added somewhere: the first only the parity
+            # of the bits tells apart, the second no CRC can (it stays 0)
+            for poly in (0x8003, 0x18005):
+                if len(frame) > 3:
+                    value = int.from_bytes(frame, "big") ^ (poly << rng.randrange(len(frame) * 8 - 17))
+                    variants.append(value.to_bytes(len(frame), "big"))
+            for data in variants:
+                expected = _table_crc16(data) == 0
+                assert crc16_closes(data) == expected, (size, data[:16].hex())
+                checked, closing = checked + 1, closing + expected
+    assert closing > 300 and checked - closing > 1000     # both answers were exercised

@@ -64,6 +64,21 @@ def test_sanitizing_a_jpeg_imports_nothing_it_does_not_need(photo, tmp_path, mod
     assert sorted(n for n in names if HEAVY.match(n)) == []
 
 
+def test_sanitizing_an_mp3_imports_no_photo_or_video_family(tmp_path):
+    """The copy's format is looked up among the families already imported: an MP3 imports neither
+    Pillow nor the photo and video families listed before it (#10)."""
+    from fixtures.audio import mp3_with_all_tags
+
+    src = mp3_with_all_tags(tmp_path / "voice.mp3")
+    proc, names = imported_by("worker.cli_sanitize", ["sanitize", str(src), "--out", str(tmp_path / "out"), "--json"],
+                              tmp_path, clean_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["status"] == "sanitized"
+    assert "worker.formats.av.mp3" in names and "mutagen.mp3" in names
+    assert sorted(n for n in names if re.match(r"^(PIL|worker\.formats\.photo\.(?!proof$)\w+"
+                                              r"|worker\.formats\.av\.(isobmff|matroska|av_\w+))(\..*)?$", n)) == []
+
+
 def test_a_configured_setting_is_read_through_settings(photo, tmp_path):
     # a MEDIASAN_ variable takes the full Settings path: the limit applies (and pydantic is paid for)
     proc, names = imported_by("worker.cli", ["sanitize", str(photo), "--out", str(tmp_path / "a"), "--json"],

@@ -90,4 +90,4 @@ def test_an_audio_copy_is_decoded_once_for_the_rebuild_and_the_verifier(tmp_path
     (tmp_path / "out").mkdir()
     report = sanitize_file(clip, tmp_path / "out" / "voice", Limits())
     assert report.status == "sanitized", report.as_json()
-    assert STARTS - before == {"ffmpeg": 1, "ffprobe": 1}
+    assert STARTS - before == {"ffmpeg": 1}

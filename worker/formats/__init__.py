@@ -99,6 +99,12 @@ def identify(path: Path) -> Format:
 
 
 def by_name(name: str) -> Format:
+    # the families already imported first (names are unique): the format of a copy just rebuilt is
+    # found without importing the families before it (an MP3's would otherwise import Pillow, #10)
+    for formats in list(_loaded.values()):
+        for fmt in formats:
+            if fmt.name == name:
+                return fmt
     for family, _ in FAMILIES:   # in order: photo names are found without importing audio or video
         for fmt in family_formats(family):
             if fmt.name == name:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.errors import corrupt, too_large, truncated, unsupported
 from worker.formats.walkers import iff
-from worker.formats.av.audio_inspect import inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import CopyWalk, inspect_copy, mapped_file, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -80,21 +80,30 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             out.write(b"FORM" + struct.pack(">I", body_size) + bytes(data[8:12]) + head)
             # the samples are streamed from the map, not built into one chunk in memory
             out.write(b"SSND" + struct.pack(">I", sound.size))
-            out.write(data[sound.data_offset:sound.data_offset + sound.size])
+            write_range(out, data, sound.data_offset, sound.data_offset + sound.size)
             out.write(b"\0" * pad)
     return Rebuilt(format="aiff", media_type="audio/aiff", extension=".aiff", removed=tuple(removed))
 
 
-def structure_findings(data) -> list[str]:
+def walk_copy(data) -> CopyWalk:
+    """The FORM walk of the copy against the allow-list; the duration is COMM's frame count over
+    its sample rate."""
     if data[:4] != b"FORM" or data[8:12] not in FORM_TYPES:
-        return ["the copy is not an AIFF or AIFF-C file"]
-    return iff.container_findings(data, big_endian=True, kept=KEPT_CHUNKS, required=(b"COMM", b"SSND"))
+        return CopyWalk(["the copy is not an AIFF or AIFF-C file"], None)
+    findings, chunks = iff.container_walk(data, big_endian=True, kept=KEPT_CHUNKS, required=(b"COMM", b"SSND"))
+    comm = next((c for c in chunks if c.id == b"COMM"), None)
+    duration = None
+    if comm is not None and comm.size >= MIN_COMM_SIZE:
+        frames = struct.unpack_from(">I", data, comm.data_offset + 2)[0]
+        rate = _extended_to_float(bytes(data[comm.data_offset + 8:comm.data_offset + 18]))
+        duration = frames / rate if rate > 0 else None
+    return CopyWalk(findings, duration)
 
 
 def inspect(path: Path) -> list[str]:
     import mutagen.aiff
 
-    return inspect_copy(path, structure_findings, mutagen.aiff.AIFF)
+    return inspect_copy(path, walk_copy, mutagen.aiff.AIFF)
 
 
 FORMATS = [

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import SanitizeError, too_large, truncated
-from worker.formats.av.audio_inspect import check_frames_decode, mapped_file, reader_findings
+from worker.formats.av.audio_inspect import check_frames_decode, mapped_file, reader_findings, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -87,7 +87,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                             f"{limits.max_duration_s:.0f} s")
         removed = (f"data after the last whole frame ({len(data) - end} bytes)",) if end < len(data) else ()
         with open(dst, "wb") as out:
-            out.write(data[:end])
+            write_range(out, data, 0, end)
     check_frames_decode(dst, limits, count * FRAME_SECONDS)
     return Rebuilt(format="amr", media_type="audio/amr", extension=".amr", removed=removed)
 
@@ -104,8 +104,8 @@ def inspect(path: Path) -> list[str]:
                 findings.append("the copy holds no AMR frame")
     except SanitizeError as e:
         return [f"the copy cannot be read: {e.message}"]
-    # mutagen has no AMR reader; ffprobe is the independent one
-    return findings + reader_findings(path, None)
+    # mutagen has no AMR reader (and the format has no tags): ffmpeg's decode sample is the independent one
+    return findings + reader_findings(path, None, count * FRAME_SECONDS)
 
 
 FORMATS = [

@@ -1,24 +1,27 @@
-"""The verifier's second and third readers for audio copies: mutagen and ffprobe.
+"""The verifier's independent readers for audio copies, and the pieces every audio module shares.
 
-Each audio module walks its own structure in ``inspect``; these two checks are the same for every
-audio family and come from code that did not write the copy. They return findings (empty when the
-copy is clean), never raise for a dirty copy, and report an unreadable copy as a finding too.
+Each audio module walks its own structure in ``inspect`` (``walk_copy``: the container or frames
+to the last byte, against the format's allow-list) and counts the copy's duration on the way.
+Then two readers from code that did not write the copy: mutagen (the tag library most players
+share: tags, Vorbis vendor strings, pictures, the encoder an MP3 header frame names; it has no
+AMR reader) and ffmpeg, which decodes a sample of the copy at the walk's duration (2 s at the
+start, middle and end). ffprobe is not asked: its tags, streams, attached pictures and chapters
+are what the walks refuse to the byte (a copy is frames from its first byte to its last, or an
+allow-listed set of chunks or blocks with an empty comment) and mutagen reads again, and the
+duration it gave for the decode sample is the walk's. These checks return findings (empty when
+the copy is clean), never raise for a dirty copy, and report an unreadable copy as a finding too.
 """
 from __future__ import annotations
 
 import mmap
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from worker.errors import SanitizeError, too_large
 from worker.formats.base import Limits
 
-# ffprobe stream fields that name a codec or its parameters, not a person, place, device or time.
-# Tags (``tags`` dicts) are a different matter: none is allowed, not even ``encoder``, which names
-# the software that wrote the file.
-ALLOWED_FORMAT_TAGS: frozenset[str] = frozenset()
-ALLOWED_STREAM_TAGS: frozenset[str] = frozenset()
 # what an inspection may spend: a copy is at most what the input was
 INSPECT_LIMITS = Limits()
 
@@ -37,20 +40,45 @@ def mapped_file(path: Path, limits: Limits = INSPECT_LIMITS) -> Iterator[mmap.mm
             yield data
 
 
+def release(data, start: int, stop: int) -> None:
+    """Let this process drop the pages of a mapped file that lie wholly inside ``[start, stop)``.
+
+    A long recording is read once, front to back: the pages behind a walk or a copy are not needed
+    again, and kept mapped they would make the process as large as the file. They stay in the page
+    cache; a later read maps them back. Nothing to do for bytes."""
+    if not isinstance(data, mmap.mmap):
+        return
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = min(stop, len(data)) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        data.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 WRITE_BLOCK = 1 << 20
 
 
 def write_range(out, data, start: int, stop: int) -> None:
     """Copy ``data[start:stop]`` (a mapped file) to ``out`` in bounded blocks: the frames of a long
-    recording are one contiguous run, and one slice of it would be a copy of the whole audio in memory."""
+    recording are one contiguous run, and one slice of it would be a copy of the whole audio in memory.
+    The pages copied are released as it goes."""
     while start < stop:
         end = min(stop, start + WRITE_BLOCK)
         out.write(data[start:end])
+        release(data, start, end)
         start = end
 
 
+@dataclass(frozen=True)
+class CopyWalk:
+    """What a format's walk of a copy says: its findings, and the seconds of audio it counted (None
+    when the format does not say), which place the verifier's decode sample."""
+    findings: list[str]
+    duration: float | None
+
+
 def mutagen_findings(path: Path, file_type: type) -> list[str]:
-    """What mutagen (the tag library most players share) still finds in the copy: tags, pictures.
+    """What mutagen (the tag library most players share) still finds in the copy: tags, Vorbis
+    vendor strings, pictures, an MP3 header frame's encoder name.
 
     ``file_type`` is the mutagen class of the copy's format (e.g. ``mutagen.mp3.MP3``): the copy is
     written under a temporary name, so mutagen's own guess from the file name cannot be relied on.
@@ -70,40 +98,26 @@ def mutagen_findings(path: Path, file_type: type) -> list[str]:
             findings.append(f"Vorbis comment vendor string {vendor!r}")
     if getattr(audio, "pictures", None):
         findings.append(f"mutagen finds {len(audio.pictures)} embedded picture(s)")
+    # an MP3's LAME extension, read from the header frame ("LAME 3.100"); "FhG" is mutagen's own
+    # word for any VBRI header, whose kept fields name nothing
+    encoder = (getattr(audio.info, "encoder_info", "") or "").strip()
+    settings = (getattr(audio.info, "encoder_settings", "") or "").strip()
+    if encoder not in ("", "FhG") or settings:
+        findings.append(f"mutagen reads the encoder {encoder or settings!r} in the header frame")
     return findings
 
 
-def ffprobe_findings(path: Path, *, codec_type: str = "audio") -> list[str]:
-    """What ffprobe (ffmpeg's demuxers, a separate code base) still finds: tags, extra streams, chapters.
-
-    Every stream tag is a finding, ``encoder`` included: ffmpeg reports the encoder named in an
-    MP3's LAME extension that way, and mp3.py blanks that extension, so a clean copy has none.
-    """
-    from worker.tools import decode_findings, ffprobe
+def sample_decode_findings(path: Path, duration: float | None) -> list[str]:
+    """ffmpeg's decode sample of the copy (worker.tools.decode_sample) as findings: empty when it
+    decodes. When the rebuild already decoded these very bytes (``check_frames_decode``), that
+    passing answer is this one: the same question about the same bytes, asked once."""
+    from worker.tools import decode_sample
 
     try:
-        probe = ffprobe(path, INSPECT_LIMITS)
+        decode_sample(path, INSPECT_LIMITS, duration=duration, what="decoding the copy")
     except SanitizeError as e:
-        return [f"ffprobe cannot read the copy: {e.message}"]
-    findings: list[str] = []
-    fmt_tags = set((probe.get("format") or {}).get("tags") or {}) - ALLOWED_FORMAT_TAGS
-    if fmt_tags:
-        findings.append(f"ffprobe finds container tags {sorted(fmt_tags)}")
-    streams = probe.get("streams") or []
-    if len(streams) != 1:
-        findings.append(f"ffprobe finds {len(streams)} streams, expected one {codec_type} stream")
-    for stream in streams:
-        index = stream.get("index")
-        if stream.get("codec_type") != codec_type:
-            findings.append(f"ffprobe stream {index} is {stream.get('codec_type')}, not {codec_type}")
-        if (stream.get("disposition") or {}).get("attached_pic"):
-            findings.append(f"ffprobe stream {index} is an attached picture")
-        extra = set(stream.get("tags") or {}) - ALLOWED_STREAM_TAGS
-        if extra:
-            findings.append(f"ffprobe finds tags {sorted(extra)} on stream {index}")
-    if probe.get("chapters"):
-        findings.append(f"ffprobe finds {len(probe['chapters'])} chapters")
-    return findings + decode_findings(path, probe, INSPECT_LIMITS)
+        return [f"the copy does not decode: {e.message}"]
+    return []
 
 
 def check_frames_decode(copy: Path, limits: Limits, duration: float | None = None) -> None:
@@ -122,19 +136,19 @@ def check_frames_decode(copy: Path, limits: Limits, duration: float | None = Non
         raise
 
 
-def reader_findings(path: Path, file_type: type | None) -> list[str]:
-    """Both independent readers, as every audio module's ``inspect`` ends (mutagen only where it
-    knows the format: it has no AMR reader)."""
+def reader_findings(path: Path, file_type: type | None, duration: float | None) -> list[str]:
+    """Both independent readers, as every audio module's ``inspect`` ends: mutagen where it knows
+    the format (it has no AMR reader), then ffmpeg's decode sample at the walk's ``duration``."""
     findings = mutagen_findings(path, file_type) if file_type is not None else []
-    return findings + ffprobe_findings(path)
+    return findings + sample_decode_findings(path, duration)
 
 
-def inspect_copy(path: Path, structure_findings, file_type: type | None) -> list[str]:
-    """The whole ``inspect`` of a format whose structure walk reads the mapped bytes: that walk,
-    then both independent readers. A copy that cannot even be mapped is one finding."""
+def inspect_copy(path: Path, walk_copy: Callable[[mmap.mmap], CopyWalk], file_type: type | None) -> list[str]:
+    """The whole ``inspect`` of a format whose walk reads the mapped bytes: that walk, then both
+    independent readers. A copy that cannot even be mapped is one finding."""
     try:
         with mapped_file(path) as data:
-            findings = structure_findings(data)
+            walked = walk_copy(data)
     except SanitizeError as e:
         return [f"the copy cannot be read: {e.message}"]
-    return findings + reader_findings(path, file_type)
+    return walked.findings + reader_findings(path, file_type, walked.duration)

@@ -17,15 +17,13 @@ copy's frames the same way and requires the last one to end at the end of the fi
 """
 from __future__ import annotations
 
-import functools
 import re
 import struct
-import sys
-from array import array
 from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file, write_range
+from worker.formats.av.audio_inspect import (CopyWalk, check_frames_decode, inspect_copy, mapped_file, release,
+                                             write_range)
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.av.mp3 import id3v2_size, peel_trailing_tags
 from worker.location import Found
@@ -65,29 +63,35 @@ def _crc16_table() -> list[int]:
 CRC8, CRC16 = _crc8_table(), _crc16_table()
 
 
-@functools.lru_cache(maxsize=1)
-def _crc16_word_table() -> array:
-    """CRC-16 of every 16-bit word: the frame check then takes one step per two bytes."""
-    table = array("H", bytes(2 * 65536))
-    for word in range(65536):
-        crc = CRC16[word >> 8]
-        table[word] = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ (word & 0xFF)]
-    return table
+# FLAC's CRC-16 polynomial x^16 + x^15 + x^2 + 1 is (x + 1)(x^15 + x + 1). A frame closes with its
+# CRC-16 (the CRC over the whole frame, its own CRC included, is 0) exactly when the frame, read as
+# one polynomial over GF(2), is divisible by both factors: by x + 1 when it has an even number of set
+# bits, and by the trinomial as below. Both are a few big-integer operations over the whole frame
+# (C speed), where a table step per byte in Python costs seconds on a long recording.
+TRINOMIAL_DEGREE = 15
 
 
-def frame_crc16(frame: bytes) -> int:
-    """FLAC's CRC-16 (polynomial 0x8005, initial 0) of ``frame``: 0 over a whole frame, its own
-    CRC included."""
-    words = array("H", frame[:len(frame) & ~1])
-    if sys.byteorder == "little":
-        words.byteswap()
-    table = _crc16_word_table()
-    crc = 0
-    for word in words:
-        crc = table[crc ^ word]
-    if len(frame) & 1:
-        crc = ((crc << 8) & 0xFFFF) ^ CRC16[(crc >> 8) ^ frame[-1]]
-    return crc
+def _mod_trinomial(value: int) -> int:
+    """``value`` (a polynomial over GF(2), bit i the coefficient of x^i) modulo x^15 + x + 1.
+
+    Modulo the trinomial x^15 = x + 1, so x^(15 * 2^k) = (x + 1)^(2^k) = x^(2^k) + 1 (squaring is
+    linear over GF(2)): the part above bit 15 * 2^k folds down as itself shifted by 2^k, plus
+    itself. Each fold at the largest such point below the top roughly halves the length."""
+    while (length := value.bit_length()) > TRINOMIAL_DEGREE:
+        k = ((length - 1) // TRINOMIAL_DEGREE).bit_length() - 1      # the largest k with 15 * 2^k < length
+        shift = TRINOMIAL_DEGREE << k
+        high = value >> shift
+        value = (high << (1 << k)) ^ high ^ (value & ((1 << shift) - 1))
+    return value
+
+
+def crc16_closes(frame: bytes) -> bool:
+    """Whether FLAC's CRC-16 (polynomial 0x8005, initial 0) of ``frame``, its own CRC included, is 0."""
+    value = int.from_bytes(frame, "big")
+    return value.bit_count() % 2 == 0 and _mod_trinomial(value) == 0
+
+
+RELEASE_FRAMES = 1024         # frames walked between two releases of the memory behind
 MAX_FRAME = 1 << 22          # a frame never exceeds 65535 samples x 8 channels x 32 bits (2 MiB); with room
 FIXED_BLOCK_SIZES = {1: 192, 2: 576, 3: 1152, 4: 2304, 5: 4608, **{c: 256 << (c - 8) for c in range(8, 16)}}
 TRAILERS = (b"ID3", b"TAG", b"APETAGEX")
@@ -184,10 +188,12 @@ def walk_frames(data, start: int, total_samples: int, max_frame: int = MAX_FRAME
         found = _next_header(data, pos + length, min(len(data), pos + max_frame), expect)
         if found is None:
             break
-        if frame_crc16(bytes(data[pos:found[0]])):
+        if not crc16_closes(bytes(data[pos:found[0]])):
             # damage, or bytes inserted between two frames (which would ride along in the copy)
             raise corrupt(f"the FLAC frame at byte {pos} fails its CRC-16 check")
         pos, number, block = found
+        if frames % RELEASE_FRAMES == 0:
+            release(data, 0, pos)       # the pages behind the walk: a long recording is not held in memory
         length = frame_header(data, pos)[0]
         samples, frames = samples + block, frames + 1
     end = _frame_end(data, pos, length)
@@ -317,31 +323,33 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     return Rebuilt(format="flac", media_type="audio/flac", extension=".flac", removed=tuple(removed))
 
 
-def structure_findings(data) -> list[str]:
-    """Only STREAMINFO and SEEKTABLE, "fLaC" at byte 0, frames right after, no tag at either end."""
+def walk_copy(data) -> CopyWalk:
+    """Only STREAMINFO and SEEKTABLE, "fLaC" at byte 0, frames right after, no tag at either end;
+    the duration is STREAMINFO's (None when it gives no sample count)."""
     findings: list[str] = []
     try:
         blocks, frames_start = read_blocks(data, 0)
     except SanitizeError as e:
-        return [f"the copy's FLAC metadata cannot be walked: {e.message}"]
+        return CopyWalk([f"the copy's FLAC metadata cannot be walked: {e.message}"], None)
     for block_type, _, _ in blocks:
         if block_type not in KEPT_BLOCKS:
             findings.append(f"FLAC {BLOCK_NAMES.get(block_type, f'block type {block_type}')} block")
     if not blocks or blocks[0][0] != STREAMINFO or blocks[0][2] != STREAMINFO_SIZE:
-        return findings + ["the copy does not start with a STREAMINFO block"]
+        return CopyWalk(findings + ["the copy does not start with a STREAMINFO block"], None)
+    duration = _duration(data, blocks)
     try:
         end, _ = walk_frames(data, frames_start, _total_samples(data, blocks), _max_frame(data, blocks))
     except SanitizeError as e:
-        return findings + [f"the copy's frames cannot be walked: {e.message}"]
+        return CopyWalk(findings + [f"the copy's frames cannot be walked: {e.message}"], duration)
     if end != len(data):
         findings.append(f"{len(data) - end} bytes after the last frame")
-    return findings
+    return CopyWalk(findings, duration)
 
 
 def inspect(path: Path) -> list[str]:
     import mutagen.flac
 
-    return inspect_copy(path, structure_findings, mutagen.flac.FLAC)
+    return inspect_copy(path, walk_copy, mutagen.flac.FLAC)
 
 
 FORMATS = [

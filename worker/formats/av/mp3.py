@@ -29,20 +29,27 @@ writes personal data into.
 
 The scan is linear and bounded: after junk it resumes at the next place a frame or a tag could
 start (one forward search, never a search to the end per step), and once the audio has started, a
-long run of junk or thousands of false syncs in a row end it (the rest is dropped, unread).
+long run of junk or thousands of false syncs in a row end it (the rest is dropped, unread). It is
+also C-speed: once the stream is known, runs of its frames are walked by one regular expression
+(exactly the frames the per-frame checks keep; a test holds the two equal on damaged files), and
+only what ends a run goes through those checks one frame at a time. The file is mapped, read
+once, and the pages behind the walk are released, so a long recording is never held in memory.
+The verifier's walk of the copy (``walk_copy``) is a walk of its own, in the same runs.
 
 MP3 has no standard place for a location, and ID3's TDRC/TYER is a release date, not a capture
 time, so ``locate`` finds nothing.
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import check_frames_decode, inspect_copy, mapped_file, write_range
+from worker.formats.av.audio_inspect import (CopyWalk, check_frames_decode, inspect_copy, mapped_file, release,
+                                             write_range)
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -109,16 +116,20 @@ def frame_header(data, pos: int) -> FrameHeader | None:
         return None
     version, rates = _VERSIONS[version_bits]
     layer = _LAYERS[layer_bits]
+    sample_rate = rates[rate_index]
+    length, samples = _frame_size(version, layer, sample_rate, bitrate_index, padding)
+    return FrameHeader(version, layer, sample_rate, length, samples)
+
+
+def _frame_size(version: str, layer: int, sample_rate: int, bitrate_index: int, padding: int) -> tuple[int, int]:
+    """(bytes, samples per channel) of a frame: the one formula for frame_header and the run patterns."""
     mpeg1 = version == "1"
     bitrate = _BITRATES[(mpeg1, layer)][bitrate_index] * 1000
-    sample_rate = rates[rate_index]
     if layer == 1:
-        length, samples = (12 * bitrate // sample_rate + padding) * 4, 384
-    elif layer == 2 or mpeg1:
-        length, samples = 144 * bitrate // sample_rate + padding, 1152
-    else:
-        length, samples = 72 * bitrate // sample_rate + padding, 576
-    return FrameHeader(version, layer, sample_rate, length, samples)
+        return (12 * bitrate // sample_rate + padding) * 4, 384
+    if layer == 2 or mpeg1:
+        return 144 * bitrate // sample_rate + padding, 1152
+    return 72 * bitrate // sample_rate + padding, 576
 
 
 def header_fields_end(data, pos: int, header: FrameHeader, *, first: bool) -> int | None:
@@ -183,6 +194,95 @@ def _confirmed(data, pos: int, end: int, header: FrameHeader) -> bool:
 
 def _tag_at(data, pos: int) -> bool:
     return id3v2_size(data, pos) is not None or data[pos:pos + 8] == b"APETAGEX"
+
+
+# --- runs of frames, walked in C ----------------------------------------------------------------
+#
+# A long recording is hundreds of thousands of frames, and a Python step per frame costs seconds.
+# Once the stream is known (the first frame's version, layer and sample rate), each of its frames
+# is one of a few shapes: the sync byte, a second byte with or without CRC, a third byte naming one
+# of the 14 bitrates and the padding bit (private bit either way), a fourth byte whose emphasis is
+# not the reserved value, then as many bytes as those fix. One regular expression per stream walks
+# a run of such frames back to back, each followed by the header of the next: exactly the frames
+# the per-frame checks (frame_header, same_stream, _confirmed) would keep. The Python loop handles
+# what ends a run (a tag, junk, another stream, a cut-off frame, the frame before the end) as before.
+RUN_WINDOW = 4 << 20               # bytes one run covers at most: the pages behind it are released
+# a header frame later in the stream has all-zero side information (header_fields_end): at least 7
+# zero bytes right before its Xing/Info marker (30 before VBRI's). Searched as one literal prefix.
+LATER_HEADER_MARK = re.compile(b"\0" * 7 + b"(?:Xing|Info|VBRI)")
+MARK_OFFSET = 7
+
+
+def _byte_class(values) -> bytes:
+    """A character class of ``values``, contiguous ones as ranges (a short pattern compiles fast)."""
+    ranges: list[list[int]] = []
+    for v in sorted(set(values)):
+        if ranges and ranges[-1][1] == v - 1:
+            ranges[-1][1] = v
+        else:
+            ranges.append([v, v])
+    return b"[" + b"".join(b"\\x%02x" % a if a == b else b"\\x%02x-\\x%02x" % (a, b) for a, b in ranges) + b"]"
+
+
+@dataclass(frozen=True)
+class StreamPatterns:
+    run: re.Pattern       # whole frames of the stream back to back, each followed by a header of it
+    frame: re.Pattern     # one whole frame; its empty group lets findall count frames without copying them
+
+
+@functools.lru_cache(maxsize=16)
+def stream_patterns(version: str, layer: int, sample_rate: int) -> StreamPatterns:
+    """The frame patterns of one stream, built from the same tables and formula as frame_header."""
+    version_bits = next(bits for bits, (name, _) in _VERSIONS.items() if name == version)
+    layer_bits = next(bits for bits, number in _LAYERS.items() if number == layer)
+    rate_index = _VERSIONS[version_bits][1].index(sample_rate)
+    second = _byte_class(0xE0 | version_bits << 3 | layer_bits << 1 | no_crc for no_crc in (0, 1))
+    fourth = _byte_class(b for b in range(256) if b & 3 != 2)       # emphasis 2 is reserved
+    thirds: dict[int, list[int]] = {}       # frame length -> the third bytes that give it
+    for bitrate_index in range(1, 15):      # 0 is free format, 15 is invalid
+        for padding in (0, 1):
+            length, _ = _frame_size(version, layer, sample_rate, bitrate_index, padding)
+            thirds.setdefault(length, []).extend(bitrate_index << 4 | rate_index << 2 | padding << 1 | private
+                                                 for private in (0, 1))
+    header = b"\\xff" + second + _byte_class(b for values in thirds.values() for b in values) + fourth
+    # the header is checked whole by the lookahead, then the third byte alone picks the length
+    frame = b"(?=" + header + b")\\xff." + b"(?:" + b"|".join(_byte_class(values) + b".{%d}" % (length - 3)
+                                                       for length, values in thirds.items()) + b")"
+    return StreamPatterns(run=re.compile(b"(?:" + frame + b"(?=" + header + b"))*+", re.S),
+                          frame=re.compile(frame + b"()", re.S))
+
+
+def frame_run(data, pos: int, stop: int, stream: FrameHeader) -> tuple[int, int]:
+    """(end, number of frames) of the run of whole frames of ``stream`` from ``pos``, none past
+    ``stop``, each followed by the header of another; (pos, 0) when there is none."""
+    patterns = stream_patterns(stream.version, stream.layer, stream.sample_rate)
+    end = patterns.run.match(data, pos, stop).end()
+    return (end, len(patterns.frame.findall(data, pos, end))) if end > pos else (pos, 0)
+
+
+def _next_marker(data, start: int, stop: int) -> int:
+    """Where the next marker a later header frame could hold starts in ``[start, stop)``, or -1."""
+    found = LATER_HEADER_MARK.search(data, start, stop)
+    return found.start() + MARK_OFFSET if found else -1
+
+
+def marked_frames(data, start: int, stop: int, stream: FrameHeader) -> list[tuple[int, FrameHeader]]:
+    """The frames of the run ``[start, stop)`` (frame_run's) that hold a Xing, Info or VBRI marker
+    after zero bytes: the only ones header_fields_end can take for header frames later in a stream.
+    The markers are found by one search; only when there is one is the run walked frame by frame
+    (in C) to the last of them."""
+    hit = _next_marker(data, start, stop)
+    found: list[tuple[int, FrameHeader]] = []
+    if hit < 0:
+        return found
+    for match in stream_patterns(stream.version, stream.layer, stream.sample_rate).frame.finditer(data, start, stop):
+        if match.end() <= hit:
+            continue
+        found.append((match.start(), frame_header(data, match.start())))   # the run is back to back: this frame holds the hit
+        hit = _next_marker(data, match.end(), stop)
+        if hit < 0:
+            break
+    return found
 
 
 def accept(head: bytes) -> bool:
@@ -279,8 +379,25 @@ def scan(data, limits: Limits) -> Scan:
     junk = 0
     kept = 0
     false_syncs = 0
-    pos = 0
+    pos = released = 0
     while pos < end:
+        if first is not None:
+            run_end, count = frame_run(data, pos, min(end, pos + RUN_WINDOW), first)
+            if count:
+                for at, header in marked_frames(data, pos, run_end, first):
+                    fields_end = header_fields_end(data, at, header, first=False)
+                    if fields_end is not None and any(data[fields_end:at + header.length]):
+                        blanked.append((fields_end, at + header.length))
+                kept += count
+                samples += count * first.samples
+                if frames and frames[-1][1] == pos:
+                    frames[-1] = (frames[-1][0], run_end)
+                else:
+                    frames.append((pos, run_end))
+                pos, false_syncs = run_end, 0
+                release(data, released, pos)
+                released = pos
+                continue
         tag_size = id3v2_size(data, pos)
         if tag_size is not None:
             if pos + tag_size > end:
@@ -375,24 +492,32 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     return Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3", removed=tuple(result.removed))
 
 
-def structure_findings(data) -> list[str]:
-    """The copy must be MPEG audio frames of one stream from byte 0 to the last byte, and nothing
-    a tag reader would take for a tag."""
+def walk_copy(data) -> CopyWalk:
+    """The copy must be MPEG audio frames of one stream from byte 0 to the last byte (the last one
+    may be cut off, as the rebuild keeps it), no header frame with data after its fields, and
+    nothing a tag reader would take for a tag. The duration is that of the whole frames walked."""
     findings: list[str] = []
     first = frame_header(data, 0)
     if first is None:
-        return ["the copy does not start with an MPEG audio frame"]
-    pos = 0
+        return CopyWalk(["the copy does not start with an MPEG audio frame"], None)
+    pos = released = frames = 0
     while pos < len(data):
-        header = frame_header(data, pos)
-        if header is None or not header.same_stream(first):
-            findings.append(f"bytes at {pos} are not an MPEG audio frame of the stream")
-            break
-        fields_end = header_fields_end(data, pos, header, first=pos == 0)
-        if fields_end is not None and any(data[fields_end:pos + header.length]):
-            text = bytes(data[fields_end:fields_end + 9]).rstrip(b"\0").decode("latin-1")
-            findings.append(f"the header frame at {pos} keeps data after its Xing/VBRI fields (encoder {text!r})")
-        pos += header.length
+        run_end, count = frame_run(data, pos, min(len(data), pos + RUN_WINDOW), first) if pos else (pos, 0)
+        marked = marked_frames(data, pos, run_end, first) if count else []
+        if not count:
+            header = frame_header(data, pos)
+            if header is None or not header.same_stream(first):
+                findings.append(f"bytes at {pos} are not an MPEG audio frame of the stream")
+                break
+            marked, run_end, count = [(pos, header)], pos + header.length, int(pos + header.length <= len(data))
+        for at, header in marked:
+            fields_end = header_fields_end(data, at, header, first=at == 0)
+            if fields_end is not None and any(data[fields_end:at + header.length]):
+                text = bytes(data[fields_end:fields_end + 9]).rstrip(b"\0").decode("latin-1")
+                findings.append(f"the header frame at {at} keeps data after its Xing/VBRI fields (encoder {text!r})")
+        pos, frames = run_end, frames + count
+        release(data, released, min(pos, len(data)))
+        released = pos
     size = len(data)
     if size >= ID3V1_SIZE and data[size - ID3V1_SIZE:size - ID3V1_SIZE + 3] == b"TAG":
         findings.append("an ID3v1 tag at the end")
@@ -402,7 +527,7 @@ def structure_findings(data) -> list[str]:
         findings.append("a Lyrics3 tag at the end")
     if size >= 10 and data[size - 10:size - 7] == b"3DI":
         findings.append("an ID3v2 footer at the end")
-    return findings
+    return CopyWalk(findings, frames * first.samples / first.sample_rate)
 
 
 def header_frame_text(data) -> bytes:
@@ -416,7 +541,7 @@ def header_frame_text(data) -> bytes:
 def inspect(path: Path) -> list[str]:
     import mutagen.mp3
 
-    return inspect_copy(path, structure_findings, mutagen.mp3.MP3)
+    return inspect_copy(path, walk_copy, mutagen.mp3.MP3)
 
 
 FORMATS = [

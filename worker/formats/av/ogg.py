@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.formats.av.audio_inspect import check_frames_decode, mapped_file, reader_findings
+from worker.formats.av.audio_inspect import (CopyWalk, check_frames_decode, mapped_file, reader_findings, release,
+                                             write_range)
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -35,6 +36,7 @@ BOS = 0x02
 # header packets worth reading before giving up on finding the end of the headers (cover art in a
 # comment packet can be large, but not this large)
 MAX_HEADER_BYTES = 64 * 1024 * 1024
+RELEASE_PAGES = 1024                          # Ogg pages walked between two releases of the memory behind
 
 EMPTY_VORBIS_COMMENT = b"\x03vorbis" + struct.pack("<II", 0, 0) + b"\x01"   # vendor "", 0 comments, framing bit
 EMPTY_OPUS_TAGS = b"OpusTags" + struct.pack("<II", 0, 0)
@@ -62,6 +64,7 @@ CODECS = (
 class Page:
     offset: int
     flags: int
+    granule: int                # the granule position: samples up to the last packet ending here (-1: none ends here)
     serial: int
     size: int                   # header, lacing table and body
     body: int                   # where the body starts
@@ -71,14 +74,14 @@ def iter_pages(data, start: int = 0) -> Iterator[Page]:
     """Walk pages from ``start`` while they are whole; stops (without error) at anything else."""
     pos = start
     while pos + PAGE_HEADER.size <= len(data) and data[pos:pos + 4] == CAPTURE:
-        _, version, flags, _, serial, _, _, segments = PAGE_HEADER.unpack_from(data, pos)
+        _, version, flags, granule, serial, _, _, segments = PAGE_HEADER.unpack_from(data, pos)
         body = pos + PAGE_HEADER.size + segments
         if version != 0 or body > len(data):
             return
         size = body - pos + sum(data[pos + PAGE_HEADER.size:body])
         if pos + size > len(data):
             return
-        yield Page(offset=pos, flags=flags, serial=serial, size=size, body=body)
+        yield Page(offset=pos, flags=flags, granule=granule, serial=serial, size=size, body=body)
         pos += size
 
 
@@ -123,24 +126,41 @@ def check_page(data, page: Page, expected_sequence: int | None) -> int:
     return sequence
 
 
-def _stream_extent(data) -> tuple[int, int]:
-    """(end of the last whole page, number of pages), every page checked; raises for a second
-    logical stream, a bad CRC, a gap in the sequence numbers and a page after damage."""
-    serial, end, count, sequence = None, 0, 0, None
+def _stream_extent(data) -> tuple[int, int, int]:
+    """(end of the last whole page, number of pages, last granule position), every page checked;
+    raises for a second logical stream, a bad CRC, a gap in the sequence numbers and a page after damage."""
+    serial, end, count, sequence, granule = None, 0, 0, None, -1
     for page in iter_pages(data):
+        if count and count % RELEASE_PAGES == 0:
+            release(data, 0, page.offset)      # the pages behind the walk (a long recording is not held)
         if serial is None:
             serial = page.serial
         elif page.serial != serial or page.flags & BOS:
             raise unsupported("Ogg file with more than one logical stream (chained or multiplexed)")
         sequence = check_page(data, page, None if sequence is None else sequence + 1)
         end, count = page.offset + page.size, count + 1
+        granule = page.granule if page.granule >= 0 else granule
     if count == 0:
         raise truncated("no whole Ogg page")
     # the last page may be cut off by the end of the file; any later page means damage in between
     later = data.find(CAPTURE, end + (len(CAPTURE) if data[end:end + 4] == CAPTURE else 0))
     if later >= 0:
         raise corrupt(f"damaged Ogg data at byte {end}, followed by more pages")
-    return end, count
+    return end, count, granule
+
+
+def _seconds(codec: Codec, identification: bytes, granule: int) -> float | None:
+    """The stream's duration from its last granule position and its identification packet's sample
+    rate (Opus: 48 kHz, less the pre-skip); None when they do not give one."""
+    if granule < 0 or len(identification) < 30:
+        return None
+    if codec.name == "vorbis":
+        rate = int.from_bytes(identification[12:16], "little")
+    elif codec.name == "opus":
+        rate, granule = 48000, granule - int.from_bytes(identification[10:12], "little")
+    else:   # Ogg FLAC: STREAMINFO's 20-bit sample rate, after the mapping header and the block header
+        rate = int.from_bytes(identification[27:30], "big") >> 4
+    return granule / rate if rate and granule >= 0 else None
 
 
 def _read_headers(fileobj, codec: Codec):
@@ -221,10 +241,10 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         codec = first_packet_codec(bytes(data[:65536]))
         if codec is None:
             raise unsupported("the first Ogg page is not a Vorbis, Opus or FLAC identification header")
-        end, _ = _stream_extent(data)
+        end, _, _ = _stream_extent(data)
         removed = [f"data after the last Ogg page ({len(data) - end} bytes)"] if end < len(data) else []
         with open(dst, "wb") as out:
-            out.write(data[:end])
+            write_range(out, data, 0, end)
     with open(dst, "r+b") as f:
         old_pages, packets = _read_headers(f, codec)
         if old_pages[-1].offset + old_pages[-1].size >= end:
@@ -246,30 +266,33 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     return Rebuilt(format="ogg", media_type=codec.media_type, extension=codec.extension, removed=tuple(removed))
 
 
-def structure_findings(path: Path) -> list[str]:
-    """One logical stream, whole pages to the last byte, the empty comment and nothing besides."""
+def walk_copy(path: Path) -> tuple[CopyWalk, Codec | None]:
+    """One logical stream, whole pages to the last byte, the empty comment and nothing besides; the
+    duration from the last granule position; and the codec, which names mutagen's reader."""
     findings: list[str] = []
     with mapped_file(path) as data:
         codec = first_packet_codec(bytes(data[:65536]))
         if codec is None:
-            return ["the copy does not start with a Vorbis, Opus or FLAC Ogg stream"]
+            return CopyWalk(["the copy does not start with a Vorbis, Opus or FLAC Ogg stream"], None), None
         try:
-            end, _ = _stream_extent(data)
+            end, _, granule = _stream_extent(data)
         except SanitizeError as e:
-            return [e.message]
+            return CopyWalk([e.message], None), codec
+        first = next(iter_pages(data))
+        duration = _seconds(codec, bytes(data[first.body:first.body + 32]), granule)
         if end != len(data):
             findings.append(f"{len(data) - end} bytes after the last Ogg page")
     with open(path, "rb") as f:
         try:
             _, packets = _read_headers(f, codec)
         except SanitizeError as e:
-            return findings + [f"Ogg headers: {e.message}"]
+            return CopyWalk(findings + [f"Ogg headers: {e.message}"], duration), codec
     expected = {"vorbis": EMPTY_VORBIS_COMMENT, "opus": EMPTY_OPUS_TAGS, "flac": EMPTY_FLAC_COMMENT_BLOCK}[codec.name]
     if packets[1] != expected:
         findings.append(f"the {codec.name} comment header is not the empty one")
     if codec.name == "flac" and len(packets) != 2:
         findings.append(f"{len(packets) - 2} Ogg FLAC metadata blocks besides the comment")
-    return findings
+    return CopyWalk(findings, duration), codec
 
 
 def inspect(path: Path) -> list[str]:
@@ -278,14 +301,12 @@ def inspect(path: Path) -> list[str]:
     import mutagen.oggvorbis
 
     try:
-        findings = structure_findings(path)
-        with mapped_file(path) as data:
-            codec = first_packet_codec(bytes(data[:65536]))
+        walked, codec = walk_copy(path)
     except SanitizeError as e:
         return [f"the copy cannot be read: {e.message}"]
     reader = {"vorbis": mutagen.oggvorbis.OggVorbis, "opus": mutagen.oggopus.OggOpus,
               "flac": mutagen.oggflac.OggFLAC}[codec.name] if codec else None
-    return findings + reader_findings(path, reader)
+    return walked.findings + reader_findings(path, reader, walked.duration)
 
 
 FORMATS = [

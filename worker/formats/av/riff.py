@@ -14,7 +14,7 @@ from pathlib import Path
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
 from worker.formats.walkers import iff
-from worker.formats.av.audio_inspect import inspect_copy, mapped_file
+from worker.formats.av.audio_inspect import CopyWalk, inspect_copy, mapped_file, write_range
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.location import Found
 
@@ -91,21 +91,29 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
             out.write(b"RIFF" + struct.pack("<I", body_size) + b"WAVE" + head)
             # the samples are streamed from the map, not built into one chunk in memory
             out.write(b"data" + struct.pack("<I", samples.size))
-            out.write(data[samples.data_offset:samples.data_offset + samples.size])
+            write_range(out, data, samples.data_offset, samples.data_offset + samples.size)
             out.write(b"\0" * pad)
     return Rebuilt(format="wav", media_type="audio/wav", extension=".wav", removed=tuple(removed))
 
 
-def structure_findings(data) -> list[str]:
+def walk_copy(data) -> CopyWalk:
+    """The RIFF walk of the copy against the allow-list; the duration is the data chunk's bytes
+    over the fmt chunk's byte rate."""
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return ["the copy is not a RIFF WAVE file"]
-    return iff.container_findings(data, big_endian=False, kept=KEPT_CHUNKS, required=(b"fmt ", b"data"))
+        return CopyWalk(["the copy is not a RIFF WAVE file"], None)
+    findings, chunks = iff.container_walk(data, big_endian=False, kept=KEPT_CHUNKS, required=(b"fmt ", b"data"))
+    by_id = {c.id: c for c in chunks}
+    duration = None
+    if b"fmt " in by_id and b"data" in by_id and by_id[b"fmt "].size >= MIN_FMT_SIZE:
+        (byte_rate,) = struct.unpack_from("<I", data, by_id[b"fmt "].data_offset + 8)
+        duration = by_id[b"data"].size / byte_rate if byte_rate else None
+    return CopyWalk(findings, duration)
 
 
 def inspect(path: Path) -> list[str]:
     import mutagen.wave
 
-    return inspect_copy(path, structure_findings, mutagen.wave.WAVE)
+    return inspect_copy(path, walk_copy, mutagen.wave.WAVE)
 
 
 FORMATS = [

@@ -63,17 +63,25 @@ def chunk(id: bytes, payload: bytes, *, big_endian: bool = False) -> bytes:
 def container_findings(data, *, big_endian: bool, kept: tuple[bytes, ...], required: tuple[bytes, ...]) -> list[str]:
     """The verifier's walk of a rebuilt RIFF/FORM file (its magic already checked): the container
     size equals the file's, every chunk is on the allow-list, each required chunk is there once."""
+    return container_walk(data, big_endian=big_endian, kept=kept, required=required)[0]
+
+
+def container_walk(data, *, big_endian: bool, kept: tuple[bytes, ...],
+                   required: tuple[bytes, ...]) -> tuple[list[str], list[Chunk]]:
+    """``container_findings`` and the chunks it walked (empty when they cannot be walked), for a
+    caller that reads the kept chunks' fields without walking them again."""
     findings: list[str] = []
     (declared,) = struct.unpack_from(">I" if big_endian else "<I", data, 4)
     if declared + 8 != len(data):
         findings.append(f"{bytes(data[:4]).decode('latin-1')} size {declared} does not match the file's "
                         f"{len(data)} bytes")
     try:
-        ids = [c.id for c in iter_chunks(data, 12, len(data), big_endian=big_endian)]
+        chunks = list(iter_chunks(data, 12, len(data), big_endian=big_endian))
     except SanitizeError as e:
-        return findings + [f"the copy's chunks cannot be walked: {e.message}"]
+        return findings + [f"the copy's chunks cannot be walked: {e.message}"], []
+    ids = [c.id for c in chunks]
     findings += [f"chunk {cid!r} outside the allow-list" for cid in ids if cid not in kept]
     for cid in required:
         if ids.count(cid) != 1:
             findings.append(f"the copy does not hold exactly one {cid.decode('latin-1').strip()} chunk")
-    return findings
+    return findings, chunks
