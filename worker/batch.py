@@ -60,5 +60,8 @@ def sanitize_many(paths: Sequence[Path], out: Path, limits: Limits, jobs: int) -
     from concurrent.futures import ProcessPoolExecutor   # here: a one-file run starts no pool (#10, start time)
     from multiprocessing import get_context
 
+    # imported once here, before the fork, rather than once in every child
+    import worker.sanitizer  # noqa: F401
+
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
         yield from pool.map(sanitize_one, paths, stems, [limits] * len(paths), chunksize=1)
