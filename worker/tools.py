@@ -138,15 +138,17 @@ def _recall(question: tuple, path: Path) -> object | None:
 
 
 def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bool = False) -> dict:
-    """ffprobe's JSON of format, streams and chapters. ``share``: the same question about the same
+    """ffprobe's JSON of format, streams (with ``extradata_hash``) and chapters. ``share``: the same question about the same
     bytes is asked once more later (a copy's probe, then the verifier's): the second ask reuses
     this run's answer instead of starting ffprobe again."""
     question = ("ffprobe", demuxer)
     recalled = _recall(question, path)
     if recalled is not None:
         return json.loads(recalled)
+    # -show_data_hash: each stream's extradata (decoder configuration) hashed, for the verifier's proof
     proc = run_tool(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-                     "-show_chapters", *input_args(path, demuxer)], limits, what="probing")
+                     "-show_chapters", "-show_data_hash", "SHA256", *input_args(path, demuxer)],
+                    limits, what="probing")
     try:
         probe = json.loads(proc.stdout or b"{}")
     except json.JSONDecodeError:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
-from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, vendor_field
+from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, is_cover, pick_streams, vendor_field
 from worker.formats.av.brands import known_av_brand
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
 from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box,
@@ -48,18 +48,6 @@ class Muxing:
     media_type: str
     extension: str
     brand: str | None = None
-
-
-def _is_cover(stream: dict) -> bool:
-    return bool((stream.get("disposition") or {}).get("attached_pic"))
-
-
-def pick_streams(probe: dict) -> tuple[dict | None, dict | None]:
-    """The first real video stream and the first audio stream of an ffprobe description."""
-    streams = probe.get("streams") or []
-    video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover(s)), None)
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    return video, audio
 
 
 def rotation(stream: dict | None) -> float:
@@ -182,7 +170,8 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     (``wave``/``frma``, ``chan``) that readers show as tags, and MP4 plays everywhere.
     """
     source = structure_report(src)
-    probe = ffprobe(src, limits, DEMUXER)
+    # the verifier asks the same of the same input for its byte proof (av_inspect): one run serves both
+    probe = ffprobe(src, limits, DEMUXER, share=True)
     check_limits(probe, limits)
     video, audio = pick_streams(probe)
     if video is None and audio is None:
@@ -203,7 +192,7 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     removed = sorted(source.metadata)
     indexes = [s["index"] for s in (video, audio) if s is not None]
     dropped = [s for s in probe.get("streams") or [] if s.get("index") not in indexes]
-    removed += [f"{'cover picture' if _is_cover(s) else s.get('codec_type', 'unknown') + ' stream'} "
+    removed += [f"{'cover picture' if is_cover(s) else s.get('codec_type', 'unknown') + ' stream'} "
                 f"{s.get('codec_tag_string') or s.get('codec_name') or ''}".strip() for s in dropped]
     if probe.get("chapters"):
         removed.append(f"{len(probe['chapters'])} chapters")
