@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import resource
@@ -202,11 +203,52 @@ def _decode_errors(stderr: str, cut_short: bool = False) -> list[str]:
 SAMPLE_SECONDS = 2.0
 
 
+def sample_ranges(duration: float, keyframes: list[float] | None = None) -> list[tuple[float, float]]:
+    """The (start, end) seconds of the decode sample of a file ``duration`` long: the first, middle
+    and last ``SAMPLE_SECONDS``, or the whole file when it is short.
+
+    ``keyframes`` (the video's keyframe times, when known): ffmpeg decodes each window from the
+    keyframe at or before its start anyway, so each window is widened to start there and windows
+    that then overlap or touch are merged into one range. Every frame the plain windows check is
+    still checked, and none is decoded twice (with long groups of pictures the three windows of a
+    short film all start at its first keyframe: one range, decoded once, instead of three runs over
+    the same first frames)."""
+    if duration <= 3 * SAMPLE_SECONDS:
+        return [(0.0, duration)]
+    starts = (0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0))
+    windows = [(start, start + SAMPLE_SECONDS) for start in starts]
+    if not keyframes:
+        return windows
+    widened = sorted((max(0.0, max((k for k in keyframes if k <= start), default=0.0)), end)
+                     for start, end in windows)
+    merged = [widened[0]]
+    for start, end in widened[1:]:
+        if start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _seek_args(ranges: list[tuple[float, float]], duration: float) -> list[list[str]]:
+    """ffmpeg's options for each range: none for the whole file, else ``-ss``/``-t`` in whole
+    milliseconds, the start rounded up (rounded down it could fall before its keyframe, and ffmpeg
+    would decode from the one before) and the length so that the range's end is still reached."""
+    if len(ranges) == 1 and ranges[0][0] <= 0.0 and ranges[0][1] >= duration:
+        return [[]]
+    seeks = []
+    for start, end in ranges:
+        start_ms = math.ceil(round(start * 1000, 6))
+        length_ms = max(math.ceil(round(end * 1000 - start_ms, 6)), 1)
+        seeks.append(["-ss", f"{start_ms / 1000:.3f}", "-t", f"{length_ms / 1000:.3f}"])
+    return seeks
+
+
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
                   indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False,
-                  share: bool = False) -> None:
-    """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the first, middle and
-    last ``SAMPLE_SECONDS`` (three inputs of the same file, each seeked and cut), or the whole file
+                  share: bool = False, keyframes: list[float] | None = None) -> None:
+    """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the ranges of
+    ``sample_ranges`` (one input of the same file for each, seeked and cut), or the whole file
     when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
     Any error the demuxers or decoders log fails the check: raises ``corrupt`` when the media
     cannot be decoded. Neither ``-xerror`` nor ``-err_detect``: with them decoders also fail
@@ -214,6 +256,7 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to decode
     (those a rebuild keeps), else every video and audio stream. ``cut_short``: the file is known
     to end before its sample tables do; the samples past its end are not counted as damage.
+    ``keyframes``: the video's keyframe times, so that no frame is decoded twice (``sample_ranges``).
     ``share``: the verifier decodes these same bytes next (an audio copy the rebuild checks): its
     ask is answered by this run (the sample positions are this run's, from this ``duration``)."""
     question = ("decode", demuxer, tuple(indexes or ()), cut_short)
@@ -221,11 +264,8 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
         return
     if duration is None:
         seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
-    elif duration <= 3 * SAMPLE_SECONDS:
-        seeks = [[]]
     else:
-        seeks = [["-ss", f"{start:.3f}", "-t", f"{SAMPLE_SECONDS:.3f}"]
-                 for start in (0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0))]
+        seeks = _seek_args(sample_ranges(duration, keyframes), duration)
     args = ["ffmpeg", "-nostdin", "-v", "error"]
     for seek in seeks:
         args += [*seek, *input_args(path, demuxer)]

@@ -9,10 +9,13 @@ When ffmpeg cannot copy a file, the lossless fallback below neutralises its boxe
 
 Before any copy: the box walk refuses reference movies (``rmra``, external ``dref`` entries) as
 ``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; one ffmpeg
-run decodes a sample of the kept streams (start, middle, end), so a broken input is ``corrupt``
-here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe and the decode
-sample on the input, the remux and a probe of the copy, whose answer the verifier's probe of the
-same bytes reuses (``worker.tools``: one run per question); then the verifier's decode of the copy.
+run decodes a sample of the kept streams (start, middle, end; each window from the keyframe before
+it, overlapping ones merged, so no frame is decoded twice: ``keyframes``), so a broken input is
+``corrupt`` here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe and the
+decode sample on the input, the remux and a probe of the copy. The verifier asks ffprobe the same
+of the input and of the copy and is answered by these runs (``worker.tools``: one run per
+question); it proves the copy's samples by bytes against the input's (``stream_proof``) and decodes
+the copy only where the input gives no such proof (an upload cut short, odd sample tables).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import BinaryIO
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
 from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, is_cover, pick_streams, vendor_field
 from worker.formats.av.brands import known_av_brand
+from worker.formats.av.keyframes import sync_times
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
 from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box,
                                           chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size,
@@ -162,6 +166,20 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
     return target
 
 
+def keyframe_times(src: Path, probe: dict, video: dict | None) -> list[float] | None:
+    """The kept video's keyframe times on ffmpeg's ``-ss`` clock (seconds after the file's start
+    time), so that the decode sample decodes no frame twice; None when unknown (no video, an
+    uncertain timeline: the decode sample then uses its plain windows)."""
+    if video is None:
+        return None
+    times = sync_times(src, video["index"])
+    try:
+        start = float((probe.get("format") or {}).get("start_time") or 0)
+    except (TypeError, ValueError):
+        return None
+    return None if times is None else [t - start for t in times]
+
+
 def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limits: Limits) -> Rebuilt:
     """The agency copy of ``src`` (identified as ``name``): an ffmpeg stream copy into the first of
     ``targets`` whose muxer takes its codecs, else the boxes of ``src`` neutralised in place.
@@ -178,10 +196,10 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
         raise unsupported("no video or audio stream to keep")
     # a broken input is refused here, so that a copy that does not decode is our fault alone
     # (a file cut short: ffmpeg says "partial file" for each sample past its end, which the copy
-    # leaves out; the copy is decoded again by the verifier, whole samples only)
+    # leaves out; with samples missing there is no byte proof, so the verifier decodes the copy)
     decode_sample(src, limits, duration=probe_duration(probe), demuxer=DEMUXER,
                   indexes=[s["index"] for s in (video, audio) if s is not None], what="checking the input",
-                  cut_short=source.media_missing)
+                  cut_short=source.media_missing, keyframes=keyframe_times(src, probe, video))
     try:
         target = _remux(targets, src, dst, (video, audio), limits)
     except SanitizeError as refusal:
