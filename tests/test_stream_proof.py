@@ -74,13 +74,15 @@ def test_an_honest_copy_is_proved_without_decoding_it(built, kind, tmp_path, run
     assert stream_proof.differences(src, copy, {"video": 0, "audio": 1} if kind == "mp4" else {"audio": 0}) == []
 
 
-def test_the_whole_sanitize_starts_four_tools_for_a_movie(built, tmp_path, runs):
+def test_the_whole_sanitize_starts_three_tools_for_a_movie(built, tmp_path, runs):
     from worker.sanitizer import sanitize_file
 
     report = sanitize_file(built["mp4"], tmp_path / "out", Limits())
     assert report.status == "sanitized", report.as_json()
-    # ffprobe and the decode sample of the input, the remux, ffprobe of the copy; no decode of the copy
-    assert [args[0] for args in runs] == ["ffprobe", "ffmpeg", "ffmpeg", "ffprobe"], runs
+    # ffprobe of the input, one ffmpeg writing the copy and decoding the input's sample, ffprobe of
+    # the copy; no decode of the copy
+    assert [args[0] for args in runs] == ["ffprobe", "ffmpeg", "ffprobe"], runs
+    assert "null" in runs[1] and runs[1].count("-i") == 2       # the input for the copy, one sample range
 
 
 @pytest.mark.parametrize("kind,handler", [("mp4", b"vide"), ("mp4", b"soun"), ("m4a", b"soun")])
@@ -131,3 +133,28 @@ def test_an_input_cut_short_gives_no_proof(built, tmp_path):
     cut.write_bytes(bytes(data))
     assert not all(t.complete for t in stream_proof.tracks(cut))
     assert stream_proof.differences(cut, copy, {"video": 0, "audio": 1}) is None
+
+
+def test_a_codec_the_first_muxer_refuses_goes_to_the_next_and_pcm_is_proved_by_total_and_hash(tmp_path, runs):
+    """PCM in a MOV: the mp4 muxer refuses it, so the run that copies and decodes at once fails;
+    the decode sample alone passes (the input is fine), the mp4 remux fails, the mov one is kept.
+    The copy's PCM track (one size for every sample, regrouped by the muxer) is proved by its total
+    size and hash, without a decode."""
+    import subprocess
+
+    from worker.sanitizer import sanitize_file
+
+    src = tmp_path / "pcm.mov"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10:duration=8",
+                    "-f", "lavfi", "-i", "sine=duration=8", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-c:a", "pcm_s16be", "-y", str(src)], check=True)
+    report = sanitize_file(src, tmp_path / "out", Limits())
+    assert (report.status, report.format) == ("sanitized", "mov"), report.as_json()
+    whats = [(args[0], args[-1]) for args in runs]
+    assert [w[0] for w in whats] == ["ffprobe", "ffmpeg", "ffmpeg", "ffmpeg", "ffmpeg", "ffprobe"], runs
+    # the decode sample alone: one keyframe in 8 s, so its three windows are one range, the whole file
+    assert runs[2][-3:] == ["-f", "null", "-"] and runs[2].count("-i") == 1 and "-ss" not in runs[2]
+    assert "mp4" in runs[3] and "mov" in runs[4]                                  # then each muxer in turn
+    soun = [t for t in stream_proof.tracks(Path(report.output)) if t.handler == b"soun"][0]
+    assert soun.constant_size == 2 and soun.codecs == (b"twos",)
+    assert stream_proof.differences(src, Path(report.output), {"video": 0, "audio": 1}) == []

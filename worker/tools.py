@@ -244,6 +244,22 @@ def _seek_args(ranges: list[tuple[float, float]], duration: float) -> list[list[
     return seeks
 
 
+def decode_sample_args(path: Path, *, duration: float | None, demuxer: str | None, indexes: list[int] | None,
+                       keyframes: list[float] | None, first_input: int = 0) -> tuple[list[str], list[str]]:
+    """The ffmpeg inputs (``path`` once per sample range, seeked and cut) and outputs (the streams
+    mapped to the null muxer) of ``decode_sample``; the inputs are numbered from ``first_input``."""
+    if duration is None:
+        seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
+    else:
+        seeks = _seek_args(sample_ranges(duration, keyframes), duration)
+    inputs, outputs = [], []
+    for i, seek in enumerate(seeks, start=first_input):
+        inputs += [*seek, *input_args(path, demuxer)]
+        for stream in [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]:
+            outputs += ["-map", stream]
+    return inputs, [*outputs, "-f", "null", "-"]
+
+
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
                   indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False,
                   share: bool = False, keyframes: list[float] | None = None) -> None:
@@ -262,18 +278,9 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     question = ("decode", demuxer, tuple(indexes or ()), cut_short)
     if _recall(question, path) is not None:
         return
-    if duration is None:
-        seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
-    else:
-        seeks = _seek_args(sample_ranges(duration, keyframes), duration)
-    args = ["ffmpeg", "-nostdin", "-v", "error"]
-    for seek in seeks:
-        args += [*seek, *input_args(path, demuxer)]
-    for i in range(len(seeks)):
-        maps = [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]
-        for stream in maps:
-            args += ["-map", stream]
-    args += ["-f", "null", "-"]
+    inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
+                                         keyframes=keyframes)
+    args = ["ffmpeg", "-nostdin", "-v", "error", *inputs, *outputs]
     try:
         proc = run_tool(args, limits, what=what)
     except SanitizeError as e:
@@ -286,6 +293,30 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
         raise SanitizeError("corrupt", f"{what}: the media does not decode cleanly: {stderr.splitlines()[0][:300]}")
     if share:
         _remember(question, path, True)
+
+
+def copy_and_decode_sample(copy_args: list[str], path: Path, limits: Limits, *, duration: float | None,
+                           demuxer: str | None, indexes: list[int], cut_short: bool = False,
+                           keyframes: list[float] | None = None) -> bool:
+    """Run the stream copy ``copy_args`` (``stream_copy_args`` of ``path``) and ``decode_sample`` of
+    ``path`` as one ffmpeg run: one start, one reading of the file. True when it exited 0 and logged
+    no error at all; False on anything else (``corrupt``, or a line on stderr), since then it
+    cannot tell the input that does not decode from the muxer that refuses a codec: the caller
+    runs the two apart, as before, and each failure is put down to its own cause. Other codes
+    (timeout, a crash, the memory cap) are raised as either run alone would raise them."""
+    head = ["ffmpeg", "-nostdin", "-v", "error", *input_args(path, demuxer)]
+    if copy_args[:len(head)] != head:
+        raise ValueError("copy_args is not a stream copy of this input")
+    inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
+                                         keyframes=keyframes, first_input=1)
+    try:
+        proc = run_tool([*head, *inputs, *copy_args[len(head):], *outputs], limits,
+                        what="remuxing and checking the input")
+    except SanitizeError as e:
+        if e.code == "corrupt":
+            return False
+        raise
+    return not _decode_errors(proc.stderr.decode("utf-8", "replace"), cut_short)
 
 
 def probe_duration(probe: dict) -> float:

@@ -11,8 +11,10 @@ Before any copy: the box walk refuses reference movies (``rmra``, external ``dre
 ``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; one ffmpeg
 run decodes a sample of the kept streams (start, middle, end; each window from the keyframe before
 it, overlapping ones merged, so no frame is decoded twice: ``keyframes``), so a broken input is
-``corrupt`` here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe and the
-decode sample on the input, the remux and a probe of the copy. The verifier asks ffprobe the same
+``corrupt`` here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe of the
+input; one ffmpeg run that both writes the copy and decodes the input's sample (when it fails or
+logs anything, the decode sample and the remux run apart, so that a failure is put down to the
+input or to the muxer as before); a probe of the copy. The verifier asks ffprobe the same
 of the input and of the copy and is answered by these runs (``worker.tools``: one run per
 question); it proves the copy's samples by bytes against the input's (``stream_proof``) and decodes
 the copy only where the input gives no such proof (an upload cut short, odd sample tables).
@@ -33,7 +35,7 @@ from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, 
                                           chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size,
                                           header_times, iter_boxes, media_extent, read_payload, sample_entry_children,
                                           sample_entry_types, walk)
-from worker.tools import decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
+from worker.tools import copy_and_decode_sample, decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
 # boxes that hold metadata; named in the report when the source had them
 METADATA_BOXES = {b"udta": "udta", b"meta": "meta", b"keys": "mdta keys", b"ilst": "ilst tags",
@@ -145,7 +147,7 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
            limits: Limits) -> Muxing:
     """Stream-copy the kept streams into the first of ``targets`` whose muxer takes their codecs;
     ``corrupt`` when none does, or when the copy lacks a stream that was kept."""
-    video, audio = streams
+    video, _ = streams
     indexes = [s["index"] for s in streams if s is not None]
     for attempt, name in enumerate(targets):
         target = _muxing_for(name, video is not None)
@@ -156,6 +158,13 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
             # a muxer refusing a codec exits non-zero like a bad input does; the next one may take it
             if e.code != "corrupt" or attempt == len(targets) - 1:
                 raise
+    _check_copy(dst, streams, limits)
+    return target
+
+
+def _check_copy(dst: Path, streams: tuple[dict | None, dict | None], limits: Limits) -> None:
+    """``corrupt`` when the copy lacks a stream that was kept; ``tool_failed`` when its rotation changed."""
+    video, audio = streams
     # the verifier asks ffprobe the same of the same bytes next (av_inspect): this answer serves both
     copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER, share=True))
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
@@ -163,7 +172,6 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
         raise corrupt("ffmpeg could not copy every kept stream (no readable frames)")
     if rotation(copy_video) != rotation(video):
         raise SanitizeError("tool_failed", f"rotation {rotation(video)} became {rotation(copy_video)} in the copy")
-    return target
 
 
 def keyframe_times(src: Path, probe: dict, video: dict | None) -> list[float] | None:
@@ -197,18 +205,29 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     # a broken input is refused here, so that a copy that does not decode is our fault alone
     # (a file cut short: ffmpeg says "partial file" for each sample past its end, which the copy
     # leaves out; with samples missing there is no byte proof, so the verifier decodes the copy)
-    decode_sample(src, limits, duration=probe_duration(probe), demuxer=DEMUXER,
-                  indexes=[s["index"] for s in (video, audio) if s is not None], what="checking the input",
-                  cut_short=source.media_missing, keyframes=keyframe_times(src, probe, video))
+    indexes = [s["index"] for s in (video, audio) if s is not None]
+    sample = {"duration": probe_duration(probe), "demuxer": DEMUXER, "indexes": indexes,
+              "cut_short": source.media_missing, "keyframes": keyframe_times(src, probe, video)}
+    first = _muxing_for(targets[0], video is not None)
+    # the usual case in one ffmpeg run: the copy into the first target and the input's decode sample;
+    # when that run fails or logs anything, the two run apart, as each alone says what failed: an
+    # input that does not decode is corrupt (raised here), a muxer that refuses a codec passes to
+    # the next target
+    copied = copy_and_decode_sample(remux_args(src, dst, first, indexes), src, limits, **sample)
+    if not copied:
+        decode_sample(src, limits, what="checking the input", **sample)
     try:
-        target = _remux(targets, src, dst, (video, audio), limits)
+        if copied:
+            _check_copy(dst, (video, audio), limits)
+            target = first
+        else:
+            target = _remux(targets, src, dst, (video, audio), limits)
     except SanitizeError as refusal:
         if refusal.code != "corrupt":
             raise
         return neutralise_fallback(name, src, dst, refusal, source, (video, audio), limits)
 
     removed = sorted(source.metadata)
-    indexes = [s["index"] for s in (video, audio) if s is not None]
     dropped = [s for s in probe.get("streams") or [] if s.get("index") not in indexes]
     removed += [f"{'cover picture' if is_cover(s) else s.get('codec_type', 'unknown') + ' stream'} "
                 f"{s.get('codec_tag_string') or s.get('codec_name') or ''}".strip() for s in dropped]
