@@ -96,7 +96,8 @@ def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.Comple
 # --- one run per tool question ------------------------------------------------------------------
 #
 # The rebuild asks a tool about the copy it wrote (ffprobe after a remux, a decode sample of an
-# audio copy), and the verifier then asks the same question of the same bytes. The answer is kept
+# audio copy) or about the input (ffprobe of an ISO-BMFF input, whose streams the verifier's byte
+# proof compares with the copy's), and the verifier then asks the same question of the same bytes. The answer is kept
 # here, keyed by the question and by the file's identity (device, inode, size, modification and
 # change times, and a hash of its first and last 64 KiB), and handed to the next asker once: the
 # check still happens, once. Only answers that passed are kept (a failure ends the job anyway);
@@ -139,9 +140,10 @@ def _recall(question: tuple, path: Path) -> object | None:
 
 
 def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bool = False) -> dict:
-    """ffprobe's JSON of format, streams (with ``extradata_hash``) and chapters. ``share``: the same question about the same
-    bytes is asked once more later (a copy's probe, then the verifier's): the second ask reuses
-    this run's answer instead of starting ffprobe again."""
+    """ffprobe's JSON of format, streams (with ``extradata_hash``) and chapters. ``share``: the
+    same question about the same bytes is asked once more later (a copy's probe, then the
+    verifier's; an ISO-BMFF input's, then the verifier's byte proof): the second ask reuses this
+    run's answer instead of starting ffprobe again."""
     question = ("ffprobe", demuxer)
     recalled = _recall(question, path)
     if recalled is not None:
