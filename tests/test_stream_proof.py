@@ -158,3 +158,17 @@ def test_a_codec_the_first_muxer_refuses_goes_to_the_next_and_pcm_is_proved_by_t
     soun = [t for t in stream_proof.tracks(Path(report.output)) if t.handler == b"soun"][0]
     assert soun.constant_size == 2 and soun.codecs == (b"twos",)
     assert stream_proof.differences(src, Path(report.output), {"video": 0, "audio": 1}) == []
+
+
+def test_a_sample_table_listed_twice_gives_no_proof(built, tmp_path):
+    """Two stsz in one stbl: which one a reader uses is a guess, so the input proves nothing."""
+    copy, _ = _rebuild(built["m4a"], tmp_path)
+    data = bytearray(copy.read_bytes())
+    stco = data.find(b"stco")
+    assert stco > 0 and data.find(b"stsz") > 0
+    data[stco:stco + 4] = b"stsz"          # renamed in place: every size and offset stays valid
+    twice = tmp_path / "twice.m4a"
+    twice.write_bytes(bytes(data))
+    with pytest.raises(SanitizeError, match="two stsz boxes"):
+        stream_proof.tracks(twice)
+    assert stream_proof.differences(twice, copy, {"audio": 0}) is None

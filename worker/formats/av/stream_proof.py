@@ -33,6 +33,8 @@ from worker.formats.walkers.boxes import (MAX_TABLE, Box, chunk_offsets, file_si
 
 BLOCK = 1 << 20
 KEPT_HANDLERS = {"video": b"vide", "audio": b"soun"}
+# the sample tables the proof reads: each at most once, or which one a reader uses is a guess
+READ_TABLES = frozenset({b"stsd", b"stsc", b"stsz", b"stz2", b"stco", b"co64"})
 # ffprobe's description of a stream's decoder configuration: equal in input and copy, with equal
 # coded bytes, means equal frames
 DECODER_FIELDS = ("codec_name", "profile", "width", "height", "pix_fmt", "sample_rate", "channels",
@@ -78,8 +80,12 @@ def _track(f: BinaryIO, trak: Box, size: int, buffer: bytearray) -> Track:
     for path, box in walk(f, trak.payload_start, trak.end, descend_meta=False):
         if box.type == b"hdlr" and path == (b"mdia",):
             handler = read_payload(f, box, 4096)[8:12]
-        elif path == (b"mdia", b"minf", b"stbl"):
-            tables.setdefault(box.type, box)
+        elif path == (b"mdia", b"minf", b"stbl") and box.type in READ_TABLES:
+            if box.type in tables:
+                raise corrupt(f"two {box.name} boxes in one sample table")
+            tables[box.type] = box
+    if (b"stco" in tables and b"co64" in tables) or (b"stsz" in tables and b"stz2" in tables):
+        raise corrupt("a sample table with two tables of the same kind")
     stsd = tables.get(b"stsd")
     codecs = tuple(sample_entry_types(f, stsd)) if stsd else ()
     sound_version = _sound_version(f, stsd) if stsd and handler == b"soun" else 0
