@@ -160,6 +160,32 @@ def test_box_walker(data):
     bounded(walk_boxes, data.draw(inputs(base)))
 
 
+def sample_tables(data: bytes) -> None:
+    """The verifier's byte-proof walk and the decode sample's keyframe walk of an ISO-BMFF file:
+    a SanitizeError or an answer (None: no proof, no keyframes), nothing else."""
+    import tempfile
+    from pathlib import Path
+
+    from worker.formats.av import stream_proof
+    from worker.formats.av.keyframes import sync_times
+
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        bounded(stream_proof.tracks, Path(tmp.name))
+        assert bounded(stream_proof.differences, Path(tmp.name), Path(tmp.name), {"video": 0, "audio": 1}) in (None, [])
+        for index in range(3):
+            times = bounded(sync_times, Path(tmp.name), index, allowed=())
+            assert times is None or all(isinstance(t, float) for t in times)
+
+
+@FUZZ
+@given(st.data())
+def test_stream_proof_and_keyframe_walks(data):
+    base = seed(data.draw(st.sampled_from(("mp4", "mov"))))
+    bounded(sample_tables, data.draw(inputs(base)))
+
+
 @FUZZ
 @given(st.data())
 def test_riff_and_iff_chunk_walker(data):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import resource
@@ -95,7 +96,8 @@ def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.Comple
 # --- one run per tool question ------------------------------------------------------------------
 #
 # The rebuild asks a tool about the copy it wrote (ffprobe after a remux, a decode sample of an
-# audio copy), and the verifier then asks the same question of the same bytes. The answer is kept
+# audio copy) or about the input (ffprobe of an ISO-BMFF input, whose streams the verifier's byte
+# proof compares with the copy's), and the verifier then asks the same question of the same bytes. The answer is kept
 # here, keyed by the question and by the file's identity (device, inode, size, modification and
 # change times, and a hash of its first and last 64 KiB), and handed to the next asker once: the
 # check still happens, once. Only answers that passed are kept (a failure ends the job anyway);
@@ -138,15 +140,18 @@ def _recall(question: tuple, path: Path) -> object | None:
 
 
 def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bool = False) -> dict:
-    """ffprobe's JSON of format, streams and chapters. ``share``: the same question about the same
-    bytes is asked once more later (a copy's probe, then the verifier's): the second ask reuses
-    this run's answer instead of starting ffprobe again."""
+    """ffprobe's JSON of format, streams (with ``extradata_hash``) and chapters. ``share``: the
+    same question about the same bytes is asked once more later (a copy's probe, then the
+    verifier's; an ISO-BMFF input's, then the verifier's byte proof): the second ask reuses this
+    run's answer instead of starting ffprobe again."""
     question = ("ffprobe", demuxer)
     recalled = _recall(question, path)
     if recalled is not None:
         return json.loads(recalled)
+    # -show_data_hash: each stream's extradata (decoder configuration) hashed, for the verifier's proof
     proc = run_tool(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-                     "-show_chapters", *input_args(path, demuxer)], limits, what="probing")
+                     "-show_chapters", "-show_data_hash", "SHA256", *input_args(path, demuxer)],
+                    limits, what="probing")
     try:
         probe = json.loads(proc.stdout or b"{}")
     except json.JSONDecodeError:
@@ -200,11 +205,68 @@ def _decode_errors(stderr: str, cut_short: bool = False) -> list[str]:
 SAMPLE_SECONDS = 2.0
 
 
+def sample_ranges(duration: float, keyframes: list[float] | None = None) -> list[tuple[float, float]]:
+    """The (start, end) seconds of the decode sample of a file ``duration`` long: the first, middle
+    and last ``SAMPLE_SECONDS``, or the whole file when it is short.
+
+    ``keyframes`` (the video's keyframe times, when known): ffmpeg decodes each window from the
+    keyframe at or before its start anyway, so each window is widened to start there and windows
+    that then overlap or touch are merged into one range. Every frame the plain windows check is
+    still checked, and none is decoded twice (with long groups of pictures the three windows of a
+    short film all start at its first keyframe: one range, decoded once, instead of three runs over
+    the same first frames)."""
+    if duration <= 3 * SAMPLE_SECONDS:
+        return [(0.0, duration)]
+    starts = (0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0))
+    windows = [(start, start + SAMPLE_SECONDS) for start in starts]
+    if not keyframes:
+        return windows
+    widened = sorted((max(0.0, max((k for k in keyframes if k <= start), default=0.0)), end)
+                     for start, end in windows)
+    merged = [widened[0]]
+    for start, end in widened[1:]:
+        if start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _seek_args(ranges: list[tuple[float, float]], duration: float) -> list[list[str]]:
+    """ffmpeg's options for each range: none for the whole file, else ``-ss``/``-t`` in whole
+    milliseconds, the start rounded up (rounded down it could fall before its keyframe, and ffmpeg
+    would decode from the one before) and the length so that the range's end is still reached."""
+    if len(ranges) == 1 and ranges[0][0] <= 0.0 and ranges[0][1] >= duration:
+        return [[]]
+    seeks = []
+    for start, end in ranges:
+        start_ms = math.ceil(round(start * 1000, 6))
+        length_ms = max(math.ceil(round(end * 1000 - start_ms, 6)), 1)
+        seeks.append(["-ss", f"{start_ms / 1000:.3f}", "-t", f"{length_ms / 1000:.3f}"])
+    return seeks
+
+
+def decode_sample_args(path: Path, *, duration: float | None, demuxer: str | None, indexes: list[int] | None,
+                       keyframes: list[float] | None, first_input: int = 0) -> tuple[list[str], list[str]]:
+    """The ffmpeg inputs (``path`` once per sample range, seeked and cut) and outputs (the streams
+    mapped to the null muxer) of ``decode_sample``; the inputs are numbered from ``first_input``."""
+    if duration is None:
+        seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
+    else:
+        seeks = _seek_args(sample_ranges(duration, keyframes), duration)
+    inputs, outputs = [], []
+    for i, seek in enumerate(seeks, start=first_input):
+        inputs += [*seek, *input_args(path, demuxer)]
+        for stream in [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]:
+            outputs += ["-map", stream]
+    return inputs, [*outputs, "-f", "null", "-"]
+
+
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
                   indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False,
-                  share: bool = False) -> None:
-    """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the first, middle and
-    last ``SAMPLE_SECONDS`` (three inputs of the same file, each seeked and cut), or the whole file
+                  share: bool = False, keyframes: list[float] | None = None) -> None:
+    """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the ranges of
+    ``sample_ranges`` (one input of the same file for each, seeked and cut), or the whole file
     when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
     Any error the demuxers or decoders log fails the check: raises ``corrupt`` when the media
     cannot be decoded. Neither ``-xerror`` nor ``-err_detect``: with them decoders also fail
@@ -212,26 +274,15 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to decode
     (those a rebuild keeps), else every video and audio stream. ``cut_short``: the file is known
     to end before its sample tables do; the samples past its end are not counted as damage.
+    ``keyframes``: the video's keyframe times, so that no frame is decoded twice (``sample_ranges``).
     ``share``: the verifier decodes these same bytes next (an audio copy the rebuild checks): its
     ask is answered by this run (the sample positions are this run's, from this ``duration``)."""
     question = ("decode", demuxer, tuple(indexes or ()), cut_short)
     if _recall(question, path) is not None:
         return
-    if duration is None:
-        seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
-    elif duration <= 3 * SAMPLE_SECONDS:
-        seeks = [[]]
-    else:
-        seeks = [["-ss", f"{start:.3f}", "-t", f"{SAMPLE_SECONDS:.3f}"]
-                 for start in (0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0))]
-    args = ["ffmpeg", "-nostdin", "-v", "error"]
-    for seek in seeks:
-        args += [*seek, *input_args(path, demuxer)]
-    for i in range(len(seeks)):
-        maps = [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]
-        for stream in maps:
-            args += ["-map", stream]
-    args += ["-f", "null", "-"]
+    inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
+                                         keyframes=keyframes)
+    args = ["ffmpeg", "-nostdin", "-v", "error", *inputs, *outputs]
     try:
         proc = run_tool(args, limits, what=what)
     except SanitizeError as e:
@@ -244,6 +295,30 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
         raise SanitizeError("corrupt", f"{what}: the media does not decode cleanly: {stderr.splitlines()[0][:300]}")
     if share:
         _remember(question, path, True)
+
+
+def copy_and_decode_sample(copy_args: list[str], path: Path, limits: Limits, *, duration: float | None,
+                           demuxer: str | None, indexes: list[int], cut_short: bool = False,
+                           keyframes: list[float] | None = None) -> bool:
+    """Run the stream copy ``copy_args`` (``stream_copy_args`` of ``path``) and ``decode_sample`` of
+    ``path`` as one ffmpeg run: one start, one reading of the file. True when it exited 0 and logged
+    no error at all; False on anything else (``corrupt``, or a line on stderr), since then it
+    cannot tell the input that does not decode from the muxer that refuses a codec: the caller
+    runs the two apart, as before, and each failure is put down to its own cause. Other codes
+    (timeout, a crash, the memory cap) are raised as either run alone would raise them."""
+    head = ["ffmpeg", "-nostdin", "-v", "error", *input_args(path, demuxer)]
+    if copy_args[:len(head)] != head:
+        raise ValueError("copy_args is not a stream copy of this input")
+    inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
+                                         keyframes=keyframes, first_input=1)
+    try:
+        proc = run_tool([*head, *inputs, *copy_args[len(head):], *outputs], limits,
+                        what="remuxing and checking the input")
+    except SanitizeError as e:
+        if e.code == "corrupt":
+            return False
+        raise
+    return not _decode_errors(proc.stderr.decode("utf-8", "replace"), cut_short)
 
 
 def probe_duration(probe: dict) -> float:

@@ -10,7 +10,9 @@ WebP, GIF copied losslessly) it is proved by bytes: ``formats.photo.proof`` walk
 on its own and their image-defining parts must be identical, which proves identical pixels for
 every frame without decoding any. Where pixels were produced (HEIC/AVIF/TIFF re-encoded, a
 damaged photo salvaged) the copy is decoded in full. Audio and video modules do their ffprobe and
-mutagen checks inside their ``inspect``.
+mutagen checks inside their ``inspect``; a family whose copy is a stream copy of the input's packets
+(ISO-BMFF: ``Format.inspect_copy_of``) is given the input too, and proves the copy's coded samples
+and decoder configuration identical to the input's instead of decoding the copy again.
 """
 from __future__ import annotations
 
@@ -155,8 +157,9 @@ def pillow_findings(path: Path) -> list[str]:
 def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None) -> None:
     """Raise SanitizeError(verify_failed) unless the copy at ``path`` is clean and shows the media.
 
-    ``source`` is the input: a lossless photo copy is proved against it by bytes. Without it (or
-    for a copy whose pixels were produced: a re-encode, a salvage) the copy is decoded instead.
+    ``source`` is the input: a lossless photo copy, or a stream copy of an ISO-BMFF movie, is proved
+    against it by bytes. Without it (or for a copy whose pixels were produced: a re-encode, a
+    salvage; or an input whose sample tables give no proof) the copy is decoded instead.
     """
     try:
         fmt = formats.identify(path)
@@ -164,7 +167,10 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None) -> Non
         raise verify_failed(f"the copy is not recognisable: {e.message}") from None
     if fmt.name != rebuilt.format:
         raise verify_failed(f"the copy reads as {fmt.name}, the rebuild declared {rebuilt.format}")
-    findings = list(fmt.inspect(path))
+    if source is not None and fmt.inspect_copy_of is not None:
+        findings = list(fmt.inspect_copy_of(path, source))
+    else:
+        findings = list(fmt.inspect(path))
     if fmt.kind == "photo":
         if source is not None and _copied_losslessly(source, rebuilt):
             findings += pillow_header_findings(path, fmt.name)

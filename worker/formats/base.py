@@ -7,6 +7,8 @@ declarations plus four functions, all pure except for reading the input and writ
 - ``locate(path, limits)``: every GPS fix and capture time the container holds (``location.Found``)
 - ``rebuild(src, dst, limits)``: write the agency copy to ``dst`` by allow-list; say what was dropped
 - ``inspect(path)``: the verifier's own structure walk of a copy; returns findings, empty when clean
+- optionally ``inspect_copy_of(path, source)``: ``inspect`` for a copy made of the input's own coded
+  data, which may prove the media by bytes against ``source`` instead of decoding the copy
 
 Errors are always ``worker.errors.SanitizeError`` with a stable code; nothing else may escape a
 format function for input the module accepted (the pipeline turns anything else into ``internal``).
@@ -58,3 +60,5 @@ class Format:
     rebuild: Callable[[Path, Path, Limits], Rebuilt]
     inspect: Callable[[Path], list[str]]
     extensions: tuple[str, ...] = field(default=())   # conventional, for naming stored objects only
+    # the verifier's look given the input too (a stream copy proved by bytes); None: ``inspect``
+    inspect_copy_of: Callable[[Path, Path], list[str]] | None = None

@@ -5,9 +5,16 @@ Three looks, each listing what it finds outside the allow-list:
   no media in other files, only known ``ftyp`` brands, only sample tables in ``stbl``, no string
   in a ``dref`` entry, no encoder vendor or version in a sample entry (but ffmpeg's own 'FFMP'); ``free``/``skip``/``wide`` space and mdat bytes no track reads must be
   zero (a neutralised copy turns what it drops into zeroed ``free`` boxes, and zeroes unused media);
-- ffprobe: no tags beyond technical ones, no data/subtitle/attachment streams, no chapters; then
-  ffmpeg decodes a sample of the kept streams (start, middle, end) without a single error;
+- ffprobe: no tags beyond technical ones, no data/subtitle/attachment streams, no chapters;
 - mutagen's MP4 reader: no tags at all.
+
+Then the media itself. Given the input (``inspect_copy_of``, the verifier's usual call), the copy is
+proved by bytes (``stream_proof``): each of its tracks holds exactly the coded samples of the input
+track the rebuild kept (same codec, sizes, SHA-256 of the samples) and ffprobe describes the same
+decoder configuration (codec, profile, picture/sound format, extradata hash) for both. The input's
+decode sample in the rebuild showed those bytes decode, so the copy is not decoded again. Where the
+input gives no proof (see ``stream_proof``), or without the input (``inspect_copy``), ffmpeg decodes
+a sample of the copy's streams (start, middle, end) instead, which must log not a single error.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from worker.formats.base import Limits
 from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_ranges,
                                   dref_entries, dref_is_external, file_size, iter_boxes, header_times, read_payload, sample_entry_children, sample_entry_types,
                                   walk)
+from worker.formats.av import stream_proof
 from worker.tools import decode_findings, ffprobe
 
 TOP_LEVEL = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"})
@@ -182,8 +190,22 @@ def box_findings(path: Path) -> list[str]:
     return findings
 
 
-def ffprobe_findings(path: Path) -> list[str]:
-    probe = ffprobe(path, Limits(), DEMUXER)
+def is_cover(stream: dict) -> bool:
+    return bool((stream.get("disposition") or {}).get("attached_pic"))
+
+
+def pick_streams(probe: dict) -> tuple[dict | None, dict | None]:
+    """The first real video stream (never a cover picture) and the first audio stream of an ffprobe
+    description: what a rebuild keeps, and so what the verifier proves the copy against."""
+    streams = probe.get("streams") or []
+    video = next((s for s in streams if s.get("codec_type") == "video" and not is_cover(s)), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    return video, audio
+
+
+def ffprobe_findings(path: Path, probe: dict | None = None) -> list[str]:
+    """What ffprobe shows of the copy beyond the allow-list: tags, chapters, other streams."""
+    probe = ffprobe(path, Limits(), DEMUXER) if probe is None else probe
     findings = [f"container tag {k}" for k in (probe.get("format") or {}).get("tags") or {} if k not in FORMAT_TAGS]
     if probe.get("chapters"):
         findings.append(f"{len(probe['chapters'])} chapters")
@@ -194,13 +216,33 @@ def ffprobe_findings(path: Path) -> list[str]:
         label = f"stream {s.get('index')}"
         if s.get("codec_type") not in ("video", "audio"):
             findings.append(f"{label} is {s.get('codec_type')}")
-        if (s.get("disposition") or {}).get("attached_pic"):
+        if is_cover(s):
             findings.append(f"{label} is an attached picture")
         tags = s.get("tags") or {}
         findings += [f"{label} tag {k}" for k in tags if k not in STREAM_TAGS]
         if "handler_name" in tags and tags["handler_name"] not in HANDLER_NAMES:
             findings.append(f"{label} handler name {tags['handler_name']!r}")
-    return findings + decode_findings(path, probe, Limits(), DEMUXER)
+    return findings
+
+
+def proof_findings(path: Path, source: Path, probe: dict) -> list[str] | None:
+    """The byte proof of the copy at ``path`` (ffprobe's ``probe`` of it) against ``source``:
+    findings, empty when proved, None when the input gives no proof (then the copy is decoded)."""
+    try:
+        # the rebuild asked this of the same input, sharing its answer: no second ffprobe run
+        source_probe = ffprobe(source, Limits(), DEMUXER)
+    except SanitizeError:
+        return None
+    kept = [s for s in pick_streams(source_probe) if s is not None]
+    if not kept:
+        return None
+    findings = stream_proof.differences(source, path, {s["codec_type"]: s["index"] for s in kept})
+    if findings is None:
+        return None
+    copy_streams = dict(zip(("video", "audio"), pick_streams(probe)))
+    for stream in kept:
+        findings += stream_proof.decoder_differences(stream, copy_streams[stream["codec_type"]])
+    return findings
 
 
 def mutagen_findings(path: Path) -> list[str]:
@@ -215,8 +257,24 @@ def mutagen_findings(path: Path) -> list[str]:
 
 
 def inspect_copy(path: Path) -> list[str]:
-    """Findings on an agency copy; empty when it is clean. Never raises for a bad copy."""
+    """Findings on an agency copy, its streams decoded; empty when it is clean. Never raises for a bad copy."""
     try:
-        return box_findings(path) + ffprobe_findings(path) + mutagen_findings(path)
+        probe = ffprobe(path, Limits(), DEMUXER)
+        return (box_findings(path) + ffprobe_findings(path, probe) + decode_findings(path, probe, Limits(), DEMUXER)
+                + mutagen_findings(path))
+    except SanitizeError as e:
+        return [f"the copy does not read back: {e.code}: {e.message}"]
+
+
+def inspect_copy_of(path: Path, source: Path) -> list[str]:
+    """``inspect_copy`` of a copy made from ``source``: its media proved by bytes against the
+    input's where the input allows it, decoded where not. A failed proof is a finding, never a
+    reason to fall back to decoding. Never raises for a bad copy."""
+    try:
+        probe = ffprobe(path, Limits(), DEMUXER)
+        findings = box_findings(path) + ffprobe_findings(path, probe)
+        proof = proof_findings(path, source, probe)
+        findings += decode_findings(path, probe, Limits(), DEMUXER) if proof is None else proof
+        return findings + mutagen_findings(path)
     except SanitizeError as e:
         return [f"the copy does not read back: {e.code}: {e.message}"]

@@ -9,10 +9,15 @@ When ffmpeg cannot copy a file, the lossless fallback below neutralises its boxe
 
 Before any copy: the box walk refuses reference movies (``rmra``, external ``dref`` entries) as
 ``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; one ffmpeg
-run decodes a sample of the kept streams (start, middle, end), so a broken input is ``corrupt``
-here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe and the decode
-sample on the input, the remux and a probe of the copy, whose answer the verifier's probe of the
-same bytes reuses (``worker.tools``: one run per question); then the verifier's decode of the copy.
+run decodes a sample of the kept streams (start, middle, end; each window from the keyframe before
+it, overlapping ones merged, so no frame is decoded twice: ``keyframes``), so a broken input is
+``corrupt`` here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe of the
+input; one ffmpeg run that both writes the copy and decodes the input's sample (when it fails or
+logs anything, the decode sample and the remux run apart, so that a failure is put down to the
+input or to the muxer as before); a probe of the copy. The verifier asks ffprobe the same
+of the input and of the copy and is answered by these runs (``worker.tools``: one run per
+question); it proves the copy's samples by bytes against the input's (``stream_proof``) and decodes
+the copy only where the input gives no such proof (an upload cut short, odd sample tables).
 """
 from __future__ import annotations
 
@@ -22,14 +27,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
-from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, vendor_field
+from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, is_cover, pick_streams, vendor_field
 from worker.formats.av.brands import known_av_brand
+from worker.formats.av.keyframes import sync_times
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
 from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box,
                                           chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size,
                                           header_times, iter_boxes, media_extent, read_payload, sample_entry_children,
                                           sample_entry_types, walk)
-from worker.tools import decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
+from worker.tools import copy_and_decode_sample, decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
 # boxes that hold metadata; named in the report when the source had them
 METADATA_BOXES = {b"udta": "udta", b"meta": "meta", b"keys": "mdta keys", b"ilst": "ilst tags",
@@ -48,18 +54,6 @@ class Muxing:
     media_type: str
     extension: str
     brand: str | None = None
-
-
-def _is_cover(stream: dict) -> bool:
-    return bool((stream.get("disposition") or {}).get("attached_pic"))
-
-
-def pick_streams(probe: dict) -> tuple[dict | None, dict | None]:
-    """The first real video stream and the first audio stream of an ffprobe description."""
-    streams = probe.get("streams") or []
-    video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover(s)), None)
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    return video, audio
 
 
 def rotation(stream: dict | None) -> float:
@@ -153,7 +147,7 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
            limits: Limits) -> Muxing:
     """Stream-copy the kept streams into the first of ``targets`` whose muxer takes their codecs;
     ``corrupt`` when none does, or when the copy lacks a stream that was kept."""
-    video, audio = streams
+    video, _ = streams
     indexes = [s["index"] for s in streams if s is not None]
     for attempt, name in enumerate(targets):
         target = _muxing_for(name, video is not None)
@@ -164,6 +158,13 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
             # a muxer refusing a codec exits non-zero like a bad input does; the next one may take it
             if e.code != "corrupt" or attempt == len(targets) - 1:
                 raise
+    _check_copy(dst, streams, limits)
+    return target
+
+
+def _check_copy(dst: Path, streams: tuple[dict | None, dict | None], limits: Limits) -> None:
+    """``corrupt`` when the copy lacks a stream that was kept; ``tool_failed`` when its rotation changed."""
+    video, audio = streams
     # the verifier asks ffprobe the same of the same bytes next (av_inspect): this answer serves both
     copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER, share=True))
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
@@ -171,7 +172,20 @@ def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict |
         raise corrupt("ffmpeg could not copy every kept stream (no readable frames)")
     if rotation(copy_video) != rotation(video):
         raise SanitizeError("tool_failed", f"rotation {rotation(video)} became {rotation(copy_video)} in the copy")
-    return target
+
+
+def keyframe_times(src: Path, probe: dict, video: dict | None) -> list[float] | None:
+    """The kept video's keyframe times on ffmpeg's ``-ss`` clock (seconds after the file's start
+    time), so that the decode sample decodes no frame twice; None when unknown (no video, an
+    uncertain timeline: the decode sample then uses its plain windows)."""
+    if video is None:
+        return None
+    times = sync_times(src, video["index"])
+    try:
+        start = float((probe.get("format") or {}).get("start_time") or 0)
+    except (TypeError, ValueError):
+        return None
+    return None if times is None else [t - start for t in times]
 
 
 def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limits: Limits) -> Rebuilt:
@@ -182,28 +196,40 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     (``wave``/``frma``, ``chan``) that readers show as tags, and MP4 plays everywhere.
     """
     source = structure_report(src)
-    probe = ffprobe(src, limits, DEMUXER)
+    # the verifier asks the same of the same input for its byte proof (av_inspect): one run serves both
+    probe = ffprobe(src, limits, DEMUXER, share=True)
     check_limits(probe, limits)
     video, audio = pick_streams(probe)
     if video is None and audio is None:
         raise unsupported("no video or audio stream to keep")
     # a broken input is refused here, so that a copy that does not decode is our fault alone
     # (a file cut short: ffmpeg says "partial file" for each sample past its end, which the copy
-    # leaves out; the copy is decoded again by the verifier, whole samples only)
-    decode_sample(src, limits, duration=probe_duration(probe), demuxer=DEMUXER,
-                  indexes=[s["index"] for s in (video, audio) if s is not None], what="checking the input",
-                  cut_short=source.media_missing)
+    # leaves out; with samples missing there is no byte proof, so the verifier decodes the copy)
+    indexes = [s["index"] for s in (video, audio) if s is not None]
+    sample = {"duration": probe_duration(probe), "demuxer": DEMUXER, "indexes": indexes,
+              "cut_short": source.media_missing, "keyframes": keyframe_times(src, probe, video)}
+    first = _muxing_for(targets[0], video is not None)
+    # the usual case in one ffmpeg run: the copy into the first target and the input's decode sample;
+    # when that run fails or logs anything, the two run apart, as each alone says what failed: an
+    # input that does not decode is corrupt (raised here), a muxer that refuses a codec passes to
+    # the next target
+    copied = copy_and_decode_sample(remux_args(src, dst, first, indexes), src, limits, **sample)
+    if not copied:
+        decode_sample(src, limits, what="checking the input", **sample)
     try:
-        target = _remux(targets, src, dst, (video, audio), limits)
+        if copied:
+            _check_copy(dst, (video, audio), limits)
+            target = first
+        else:
+            target = _remux(targets, src, dst, (video, audio), limits)
     except SanitizeError as refusal:
         if refusal.code != "corrupt":
             raise
         return neutralise_fallback(name, src, dst, refusal, source, (video, audio), limits)
 
     removed = sorted(source.metadata)
-    indexes = [s["index"] for s in (video, audio) if s is not None]
     dropped = [s for s in probe.get("streams") or [] if s.get("index") not in indexes]
-    removed += [f"{'cover picture' if _is_cover(s) else s.get('codec_type', 'unknown') + ' stream'} "
+    removed += [f"{'cover picture' if is_cover(s) else s.get('codec_type', 'unknown') + ' stream'} "
                 f"{s.get('codec_tag_string') or s.get('codec_name') or ''}".strip() for s in dropped]
     if probe.get("chapters"):
         removed.append(f"{len(probe['chapters'])} chapters")

@@ -4,7 +4,8 @@ HEIC/AVIF images share the container and belong to ``heif``: only the brands bel
 Identification looks at the ``ftyp`` brand and, when the ``moov`` sits inside the head, at the
 track handlers: an MP4 with no ``vide`` track is audio whatever its brand says.
 
-The agency copy is an ffmpeg stream copy (``av_rebuild``); the verifier's walk is ``av_inspect``.
+The agency copy is an ffmpeg stream copy (``av_rebuild``); the verifier's walk is ``av_inspect``,
+which proves the copy's coded samples by bytes against the input (``stream_proof``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import struct
 from functools import partial
 
 from worker.errors import SanitizeError
-from worker.formats.av.av_inspect import inspect_copy
+from worker.formats.av.av_inspect import inspect_copy, inspect_copy_of
 from worker.formats.av.av_rebuild import rebuild_with
 from worker.formats.base import Format
 from worker.formats.walkers.boxes import iter_boxes, read_payload, walk
@@ -157,7 +158,7 @@ MEDIA_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "3gp": "video/3gpp"
 def _format(name: str, kind: str, extensions: tuple[str, ...]) -> Format:
     return Format(name=name, kind=kind, media_type=MEDIA_TYPES[name], accept=partial(_accepts, name),
                   locate=locate, rebuild=partial(rebuild_with, name, TARGETS[name]), inspect=inspect_copy,
-                  extensions=extensions)
+                  extensions=extensions, inspect_copy_of=inspect_copy_of)
 
 
 FORMATS = [

@@ -191,7 +191,7 @@ def header_times(payload: bytes) -> tuple[int, int]:
     return struct.unpack_from(">II", payload, 4)
 
 
-def _samples_per_chunk(stsc: bytes, chunks: int) -> array:
+def samples_per_chunk(stsc: bytes, chunks: int) -> array:
     """How many samples each of ``chunks`` chunks holds, from an ``stsc`` payload (runs of chunks)."""
     if len(stsc) < 8:
         raise corrupt("stsc box shorter than its header")
@@ -209,7 +209,7 @@ def _samples_per_chunk(stsc: bytes, chunks: int) -> array:
     return out
 
 
-def _sample_sizes(box_type: bytes, payload: bytes) -> tuple[int, int, array | None]:
+def sample_sizes(box_type: bytes, payload: bytes) -> tuple[int, int, array | None]:
     """(constant size or 0, sample count, sizes or None) of an ``stsz`` or ``stz2`` payload."""
     if len(payload) < 12:
         raise corrupt(f"{box_type.decode()} box shorter than its header")
@@ -251,11 +251,11 @@ def chunk_ranges(f: BinaryIO, stbl: Box, file_end: int) -> list[tuple[int, int]]
         return []
     if b"stsc" not in tables:
         raise corrupt("a track with chunks but no stsc (samples per chunk)")
-    per_chunk = _samples_per_chunk(read_payload(f, tables[b"stsc"], MAX_TABLE), len(offsets))
+    per_chunk = samples_per_chunk(read_payload(f, tables[b"stsc"], MAX_TABLE), len(offsets))
     sizes_box = tables.get(b"stsz") or tables.get(b"stz2")
     if sizes_box is None:
         raise corrupt("a track with chunks but no stsz (sample sizes)")
-    constant, count, sizes = _sample_sizes(sizes_box.type, read_payload(f, sizes_box, MAX_TABLE))
+    constant, count, sizes = sample_sizes(sizes_box.type, read_payload(f, sizes_box, MAX_TABLE))
     ranges, sample = [], 0
     for offset, n in zip(offsets, per_chunk):
         if sample + n > count:
