@@ -20,6 +20,7 @@ from PIL import Image
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif
 from worker.formats.base import Format, Limits, Rebuilt
+from worker.formats.walkers.boxes import children_start, file_size, iter_boxes, read_payload
 from worker.formats.photo.reencode import write_jpeg
 from worker.location import Found, choose
 from worker.xmp import locate_in_xmp
@@ -107,6 +108,71 @@ def open_avif(path: Path) -> Image.Image:
         raise decoder_error("AVIF container", e) from None
 
 
+MAX_ILOC_BYTES = 1 << 20
+
+
+def item_extents(iloc: bytes) -> list[tuple[int, int]]:
+    """(file offset, length) of every extent an ``iloc`` box places in the file itself
+    (construction method 0; idat- and item-relative extents are inside boxes already walked).
+    ``corrupt`` when the box is shorter than what it declares."""
+    try:
+        version = iloc[0]
+        offset_size, length_size = iloc[4] >> 4, iloc[4] & 15
+        base_size, index_size = iloc[5] >> 4, (iloc[5] & 15) if version in (1, 2) else 0
+        pos = 6
+        count_format = ">I" if version == 2 else ">H"
+        (count,) = struct.unpack_from(count_format, iloc, pos)
+        pos += struct.calcsize(count_format)
+
+        def number(width: int) -> int:
+            nonlocal pos
+            if width not in (0, 4, 8):
+                raise corrupt(f"iloc field of {width} bytes")
+            if pos + width > len(iloc):
+                raise struct.error("iloc runs short")
+            value = int.from_bytes(iloc[pos:pos + width], "big")
+            pos += width
+            return value
+
+        extents = []
+        for _ in range(count):
+            pos += 4 if version == 2 else 2                       # item ID
+            method = 0
+            if version in (1, 2):
+                method = struct.unpack_from(">H", iloc, pos)[0] & 15   # 12 reserved bits, then the method
+                pos += 2
+            pos += 2                                              # data reference index
+            base = number(base_size)
+            (extent_count,) = struct.unpack_from(">H", iloc, pos)
+            pos += 2
+            for _ in range(extent_count):
+                number(index_size)
+                offset, length = number(offset_size), number(length_size)
+                if method == 0:
+                    extents.append((base + offset, length))
+        return extents
+    except (IndexError, struct.error):
+        raise corrupt("the iloc box is shorter than the items it lists") from None
+
+
+def check_layout(path: Path) -> None:
+    """The container holds what it says before anything is decoded: its top-level boxes end with
+    the file and every item extent lies inside it. libheif decodes a file cut inside its coded
+    data without complaint (1.23: the missing tiles come out grey), so this is the check that
+    refuses it as ``truncated``."""
+    with open(path, "rb") as f:
+        size = file_size(f)
+        for box in iter_boxes(f, 0, size):
+            if box.type != b"meta":
+                continue
+            for child in iter_boxes(f, children_start(f, box), box.end):
+                if child.type == b"iloc":
+                    for offset, length in item_extents(read_payload(f, child, MAX_ILOC_BYTES)):
+                        if offset + length > size:
+                            raise truncated(f"an item's data at {offset} runs {offset + length - size} "
+                                            f"bytes past the end of the file")
+
+
 def check_pixels(image: Image.Image, limits: Limits, what: str) -> None:
     """Refuse before decoding: the size comes from the container (ispe), not from pixels."""
     width, height = image.size
@@ -170,6 +236,7 @@ def removed_from(image: Image.Image, container: str) -> tuple[str, ...]:
 
 def reencode(opener: Callable[[Path], Image.Image], what: str, container: str) -> Callable[[Path, Path, Limits], Rebuilt]:
     def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
+        check_layout(src)
         with opener(src) as image:
             check_pixels(image, limits, what)
             removed = removed_from(image, container)
