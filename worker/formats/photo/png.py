@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import re
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
-from worker.exif import MAX_EXIF_BYTES, TAG_ORIENTATION, describe_exif, locate_in_exif, orientation_of, orientation_only_exif, \
+from worker.exif import MAX_EXIF_BYTES, describe_exif, has_orientation, locate_in_exif, orientation_of, orientation_only_exif, \
     orientation_only_findings, tiff_body
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
@@ -320,19 +319,8 @@ def locate(path: Path, limits: Limits) -> Found:
 
 def _has_orientation_tag(blob: bytes) -> bool:
     """Whether IFD0 holds an Orientation tag at all (orientation_of cannot tell "1" from "absent")."""
-    from PIL import Image
-
     body = tiff_body(blob)
-    if body is None:
-        return False
-    exif = Image.Exif()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exif.load(body[:MAX_EXIF_BYTES])
-    except Exception:  # noqa: BLE001 - an unreadable EXIF holds no orientation Pillow would use
-        return False
-    return TAG_ORIENTATION in exif
+    return body is not None and has_orientation(body[:MAX_EXIF_BYTES])
 
 
 def display_orientation(exif: bytes | None, xmp: bytes | None) -> int:
