@@ -254,3 +254,10 @@ def test_entry_budget():
 def test_header_refuses_what_is_not_tiff(blob):
     with pytest.raises(ValueError):
         tiff_ifd.header(blob)
+
+
+def test_a_doubled_exif_prefix_is_read_as_pillow_read_it():
+    blob = b"Exif\x00\x00" + exif_with_gps(40.712776, -74.005974, orientation=6)
+    doubled = b"Exif\x00\x00" + blob
+    assert exif.orientation_of(doubled) == 6 and exif.locate_in_exif(doubled).fix == exif.locate_in_exif(blob).fix
+    assert exif.describe_exif(doubled) == exif.describe_exif(blob)

@@ -91,6 +91,8 @@ def _follow(body: bytes, order: str, ifd0: tiff_ifd.Directory, tag: int) -> tupl
 @functools.lru_cache(maxsize=8)   # locate, describe and orientation read the same blob: walk it once
 def _load(blob: bytes) -> _Reading:
     """IFD0, the Exif and GPS IFDs and whether IFD1 holds anything; ValueError when not a TIFF-header EXIF."""
+    if blob.startswith(EXIF_PREFIX * 2):
+        blob = blob[len(EXIF_PREFIX):]   # some writers double the prefix; Pillow's reading took both off too
     body = tiff_body(blob)
     if body is None:
         raise ValueError("no TIFF header")

@@ -30,7 +30,7 @@ from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_of, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import once_per_file, release_read
+from worker.formats.photo import file_bytes, once_per_file, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -292,7 +292,7 @@ def _checked_walk(data: bytes, limits: Limits) -> Walk:
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk]:
     """The file and its checked walk, once per file: locate and rebuild share them."""
     def read(p: Path) -> tuple[bytes, Walk]:
-        data = p.read_bytes()
+        data = file_bytes(p)
         return data, _checked_walk(data, limits)
     read.__qualname__ = f"jpeg.read:{limits!r}"
     return once_per_file(path, read)
@@ -373,7 +373,7 @@ def locate(path: Path, limits: Limits) -> Found:
     except SanitizeError as e:
         if e.code == "too_large":
             raise
-        return choose(_found_in_segments(metadata_segments(path.read_bytes())))
+        return choose(_found_in_segments(metadata_segments(file_bytes(path))))
     return choose(_found_in_segments(result.segments) + _found_in_trailer(result.trailer))
 
 
@@ -400,7 +400,7 @@ def describe(segment: Segment) -> str:
     """A human name for a dropped segment."""
     payload, marker = segment.payload, segment.marker
     if marker == APP1 and payload.startswith(EXIF_ID):
-        return f"APP1 Exif ({describe_exif(payload[len(EXIF_ID):])})"
+        return f"APP1 Exif ({describe_exif(payload)})"
     if marker == APP1 and payload.startswith(XMP_ID):
         return "APP1 XMP"
     if marker == APP1 and payload.startswith(XMP_EXTENSION_ID):
@@ -480,7 +480,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         from worker.formats.photo import reencode   # only a refused photo pays for the re-encoder
         return reencode.salvage(src, dst, limits, e, truncated_ok=True)
     exif = next((s.payload for s in result.segments if s.marker == APP1 and s.payload.startswith(EXIF_ID)), None)
-    orientation = orientation_of(exif[len(EXIF_ID):]) if exif is not None else 1
+    orientation = orientation_of(exif) if exif is not None else 1   # the payload locate read: one EXIF walk
     head, body, removed = [data[:2]], [], []
     quant_used, huffman_used = _tables_in_use(result.segments)
     jfif_written = icc_written = False

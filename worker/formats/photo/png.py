@@ -32,7 +32,7 @@ from worker.errors import SanitizeError, corrupt, too_large, truncated, unsuppor
 from worker.exif import MAX_EXIF_BYTES, describe_exif, has_orientation, locate_in_exif, orientation_of, orientation_only_exif, \
     orientation_only_findings, tiff_body
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
+from worker.formats.photo import animation_pixel_budget, file_bytes, once_per_file, reencode, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -167,7 +167,7 @@ def _check(result: Walk, limits: Limits) -> None:
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk, "Embedded"]:
     """The file, its checked walk and its embedded metadata, once per file: locate and rebuild share them."""
     def read(p: Path) -> tuple[bytes, Walk, Embedded]:
-        data = p.read_bytes()
+        data = file_bytes(p)
         result = walk(data)
         _check(result, limits)
         return data, result, embedded(result.chunks)
