@@ -55,3 +55,11 @@ def test_gif_frames_are_proved_and_a_changed_lzw_byte_is_found(tmp_path):
 
 def test_a_copy_that_cannot_be_walked_is_a_finding():
     assert proof.differences("jpeg", b"\xff\xd8\xff\xd9", b"not a jpeg") == ["the copy's jpeg image data cannot be walked"]
+
+
+def test_spans_are_equal_exactly_when_their_bytes_are():
+    data = b"..abcdef..abcdef..abcdeX"
+    assert proof.Span(data, 2, 8) == proof.Span(b"abcdef", 0, 6) == proof.Span(data, 10, 16)
+    assert proof.Span(data, 2, 8) != proof.Span(data, 18, 24)       # one byte differs
+    assert proof.Span(data, 2, 8) != proof.Span(data, 2, 7)         # a prefix is not equal
+    assert proof.Span(data, 2, 8) != proof.Span(data, 20, 26)       # runs past the end

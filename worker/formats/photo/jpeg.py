@@ -20,6 +20,7 @@ cannot contain.
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 import struct
@@ -189,8 +190,9 @@ def _quant_tables(payload: bytes) -> tuple[list[tuple[int, bytes]], int]:
     return tables, len(payload) - i
 
 
-def _huffman_tables(payload: bytes) -> tuple[list[tuple[tuple[int, int], bytes]], int]:
-    """([((class, id), definition)], slack bytes) of a DHT payload; corrupt on an impossible table."""
+@functools.lru_cache(maxsize=64)   # the checked walk, the tables in use and the rebuild each read every DHT
+def _huffman_tables(payload: bytes) -> tuple[tuple[tuple[tuple[int, int], bytes], ...], int]:
+    """(((class, id), definition)..., slack bytes) of a DHT payload; corrupt on an impossible table."""
     tables, i = [], 0
     while len(payload) - i >= 17:
         table_class, table_id = payload[i] >> 4, payload[i] & 0x0F
@@ -212,7 +214,7 @@ def _huffman_tables(payload: bytes) -> tuple[list[tuple[tuple[int, int], bytes]]
             raise corrupt("a JPEG DC Huffman table holds a symbol over 15")
         tables.append(((table_class, table_id), payload[i:i + 17 + count]))
         i += 17 + count
-    return tables, len(payload) - i
+    return tuple(tables), len(payload) - i
 
 
 def frame_components(payload: bytes) -> dict[int, int]:
@@ -481,6 +483,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         return reencode.salvage(src, dst, limits, e, truncated_ok=True)
     exif = next((s.payload for s in result.segments if s.marker == APP1 and s.payload.startswith(EXIF_ID)), None)
     orientation = orientation_of(exif) if exif is not None else 1   # the payload locate read: one EXIF walk
+    view = memoryview(data)
     head, body, removed = [data[:2]], [], []
     quant_used, huffman_used = _tables_in_use(result.segments)
     jfif_written = icc_written = False
@@ -514,7 +517,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                 raise corrupt("the JPEG restart interval segment is shorter than 2 bytes")
             body.append(_segment_bytes(DRI, payload[:2]))   # its 2 defined bytes, no slack
         elif s.marker in TABLE_MARKERS or s.marker in SOF_MARKERS or s.marker == SOS or s.marker == EOI:
-            body.append(data[s.start:s.end])
+            body.append(view[s.start:s.end])   # the scans, tables and frames as they are, not copied
         else:
             removed.append(describe(s))
     if orientation != 1:
@@ -522,7 +525,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     if result.trailer:
         removed.append(f"trailer after EOI ({_size(len(result.trailer))}: {_trailer_kind(result.trailer)})")
     with open(dst, "wb") as f:
-        f.write(b"".join(head + body))
+        f.writelines(head + body)
     return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=tuple(dict.fromkeys(removed)))
 
 
