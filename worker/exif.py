@@ -17,7 +17,7 @@ import functools
 import math
 import re
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from worker.formats.walkers import tiff_ifd
 from worker.location import Found, found_from
@@ -54,8 +54,7 @@ def tiff_body(blob: bytes) -> bytes | None:
     return blob if blob[:4] in TIFF_MAGICS else None
 
 
-@dataclass(frozen=True)
-class _Reading:
+class _Reading(NamedTuple):
     """One pass over an EXIF blob: what locate, describe and orientation read from it (#10)."""
 
     body: bytes

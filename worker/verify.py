@@ -167,8 +167,8 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source
     ``source`` is the input: a lossless photo copy is proved against it by bytes. Without it (or
     for a copy whose pixels were produced: a re-encode, a salvage) the copy is decoded instead.
     ``source_format`` is the input's format as the sanitizer identified it (else it is identified
-    here). The input's bytes are the ones its walk read (``file_bytes``: one read a file); the copy
-    is read once for Pillow's header parse and the proof.
+    here). Each file is read once (``file_bytes``): the input's bytes are the ones its walk read,
+    the copy's serve its walk (``inspect``), Pillow's header parse and the proof, each on its own.
     """
     try:
         fmt = formats.identify(path)
@@ -179,7 +179,7 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source
     findings = list(fmt.inspect(path))
     if fmt.kind == "photo":
         if source is not None and _copied_losslessly(source, rebuilt, source_format):
-            copy = path.read_bytes()
+            copy = file_bytes(path)   # the bytes its walk (inspect) read
             findings += pillow_header_findings(path, fmt.name, copy)
             findings += differences(fmt.name, file_bytes(source), copy)
         else:

@@ -252,7 +252,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
 def inspect(path: Path) -> list[str]:
     """Findings in a copy: any extension but graphic control, loop count and ICC; a loop extension
     with more than its one sub-block; a missing trailer or data after it."""
-    data = path.read_bytes()
+    data = file_bytes(path)   # the bytes the verifier's proof reads too: one read of the copy
     if data[:6] not in SIGNATURES or len(data) < 13:
         return ["no GIF signature and screen descriptor"]
     findings: list[str] = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAGICS = {b"II*\x00": "<", b"MM\x00*": ">"}
 ENTRY_SIZE = 12
@@ -34,12 +34,24 @@ TYPES: dict[int, tuple[int, str | None]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class Rational:
     """A RATIONAL or SRATIONAL as stored; a zero denominator is kept (it is junk to the caller), as NaN."""
 
-    numerator: int
-    denominator: int
+    __slots__ = ("numerator", "denominator")
+
+    def __init__(self, numerator: int, denominator: int) -> None:
+        self.numerator, self.denominator = numerator, denominator
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rational):
+            return NotImplemented
+        return (self.numerator, self.denominator) == (other.numerator, other.denominator)
+
+    def __hash__(self) -> int:
+        return hash((self.numerator, self.denominator))
+
+    def __repr__(self) -> str:
+        return f"Rational({self.numerator}, {self.denominator})"
 
     def __float__(self) -> float:
         return self.numerator / self.denominator if self.denominator else math.nan
@@ -51,8 +63,8 @@ class Rational:
         return quotient if (self.numerator < 0) == (self.denominator < 0) else -quotient
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+# tuples, not dataclasses: an EXIF has tens of entries and they are made on every read (#10)
+class Entry(NamedTuple):
     tag: int
     type: int
     count: int
@@ -60,8 +72,7 @@ class Entry:
     size: int           # bytes of the value: count x the type's size
 
 
-@dataclass(frozen=True)
-class Directory:
+class Directory(NamedTuple):
     entries: dict[int, Entry]   # by tag, in file order: the entries that count (see the module's rule)
     next: int | None            # offset of the next IFD (0: none); None when the directory is cut short
     cut_short: bool             # an entry or value ran past the blob, or over ``max_entries`` entries
