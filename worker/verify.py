@@ -39,7 +39,8 @@ def _metadata_findings(im, frame: int = 0, decoded: bool = True) -> list[str]:
     # "exif" is judged by its content below (an Orientation-only EXIF may stay), not by presence
     extra = sorted(k for k in im.info if str(k).lower() not in PILLOW_TECHNICAL_INFO | {"exif"})
     findings += [f"Pillow info key {k!r} in frame {frame}" for k in extra]
-    if decoded:
+    if decoded or im.format in ("JPEG", "MPO"):
+        # a JPEG's EXIF is in its header, and its plugin parsed it already when it looked for a DPI
         exif = im.getexif()
     else:
         # getexif() would decode a PNG to look for a late eXIf; the header's own EXIF is read
