@@ -3,7 +3,7 @@
 Every photo container carries EXIF the same way (JPEG APP1, HEIC/AVIF Exif item, PNG eXIf, WebP
 EXIF chunk, TIFF itself), so every format module hands its blob here. One pass of the shared
 bounded walker (``formats.walkers.tiff_ifd``) reads IFD0, the Exif and GPS IFDs and whether IFD1
-is there, and only the values DESIGN.md asks for are decoded: a tenth of the CPU of Pillow's
+is there, and only the values DESIGN.md asks for are decoded: a fifth of the CPU of Pillow's
 ``Image.Exif`` on a camera JPEG (#10), with the values and the notes Pillow's reading gave. What
 we add is the reading of the GPS IFD by DESIGN.md's rules and a refusal to raise: a broken EXIF
 is ``Found()`` with a note.
@@ -62,8 +62,7 @@ class _Reading(NamedTuple):
     ifd0: tiff_ifd.Directory
     sub: tiff_ifd.Directory | None     # the Exif IFD, None when IFD0 points to none
     gps: tiff_ifd.Directory | None
-    sub_error: str | None              # why a pointer could not be followed (an exception name), as Pillow raised it
-    gps_error: str | None
+    gps_error: str | None              # why the GPS pointer could not be followed (the exception Pillow raised)
     thumbnail: bool                    # IFD1 is there and holds entries
 
     def get(self, directory: tiff_ifd.Directory | None, tag: int, one: bool = False):
@@ -71,7 +70,8 @@ class _Reading(NamedTuple):
         return None if entry is None else tiff_ifd.value(self.body, entry, self.order, one)
 
 
-def _follow(body: bytes, order: str, ifd0: tiff_ifd.Directory, tag: int) -> tuple[tiff_ifd.Directory | None, str | None]:
+def _follow(body: bytes, order: str, ifd0: tiff_ifd.Directory,
+            tag: int) -> tuple[tiff_ifd.Directory | None, str | None]:
     """The sub-IFD an IFD0 pointer names. Pillow's reading of the pointer: a number (its first one) is
     an offset; any other value is no IFD; a negative or a 64-bit one is an error, named as Pillow's was."""
     entry = ifd0.entries.get(tag)
@@ -99,10 +99,11 @@ def _load(blob: bytes) -> _Reading:
         raise ValueError(f"{len(body)} bytes of EXIF is over the limit")
     order, first = tiff_ifd.header(body)
     ifd0 = tiff_ifd.directory(body, first, order)
-    sub, sub_error = _follow(body, order, ifd0, TAG_EXIF_IFD)
+    sub, _unreadable = _follow(body, order, ifd0, TAG_EXIF_IFD)   # a broken Exif IFD only costs the capture time
     gps, gps_error = _follow(body, order, ifd0, TAG_GPS_IFD)
+    # an IFD0 cut short has no next-IFD offset: no thumbnail is claimed (Pillow re-read IFD0 as IFD1 and claimed one)
     thumbnail = bool(ifd0.next) and bool(tiff_ifd.directory(body, ifd0.next, order).entries)
-    return _Reading(body, order, ifd0, sub, gps, sub_error, gps_error, thumbnail)
+    return _Reading(body, order, ifd0, sub, gps, gps_error, thumbnail)
 
 
 def _text(value) -> str | None:
@@ -285,5 +286,5 @@ def orientation_only_findings(blob: bytes) -> list[str]:
     return findings
 
 
-__all__ = ["locate_in_exif", "describe_exif", "orientation_of", "has_orientation", "orientation_only_exif", "orientation_only_findings",
-           "iso_datetime", "tiff_body"]
+__all__ = ["locate_in_exif", "describe_exif", "orientation_of", "has_orientation", "orientation_only_exif",
+           "orientation_only_findings", "iso_datetime", "tiff_body"]
