@@ -261,3 +261,19 @@ def test_a_doubled_exif_prefix_is_read_as_pillow_read_it():
     doubled = b"Exif\x00\x00" + blob
     assert exif.orientation_of(doubled) == 6 and exif.locate_in_exif(doubled).fix == exif.locate_in_exif(blob).fix
     assert exif.describe_exif(doubled) == exif.describe_exif(blob)
+
+
+def test_a_latitude_of_a_million_rationals_is_junk_and_not_decoded():
+    import time
+
+    count = 1_000_000
+    gps_at = 8 + 2 + 12 + 4
+    values_at = gps_at + 2 + 12 * 2 + 4
+    body = _tiff(">", [(0x8825, 4, 1, struct.pack(">L", gps_at))]) \
+        + struct.pack(">H", 2) + struct.pack(">HHL", 0x0002, 5, count) + struct.pack(">L", values_at) \
+        + struct.pack(">HHL", 0x0004, 5, 3) + struct.pack(">L", values_at) + struct.pack(">L", 0) \
+        + struct.pack(">LL", 40, 1) * count
+    started = time.process_time()
+    found = exif.locate_in_exif(body)
+    assert time.process_time() - started < 0.5
+    assert found.fix is None and any("junk" in note for note in found.notes), found.notes

@@ -65,9 +65,9 @@ class _Reading(NamedTuple):
     gps_error: str | None              # why the GPS pointer could not be followed (the exception Pillow raised)
     thumbnail: bool                    # IFD1 is there and holds entries
 
-    def get(self, directory: tiff_ifd.Directory | None, tag: int, one: bool = False):
+    def get(self, directory: tiff_ifd.Directory | None, tag: int, one: bool = False, at_most: int | None = None):
         entry = directory.entries.get(tag) if directory is not None else None
-        return None if entry is None else tiff_ifd.value(self.body, entry, self.order, one)
+        return None if entry is None else tiff_ifd.value(self.body, entry, self.order, one, at_most)
 
 
 def _follow(body: bytes, order: str, ifd0: tiff_ifd.Directory,
@@ -192,8 +192,9 @@ def _found_in_gps(exif: _Reading, source: str, captured_at: str | None) -> Found
     gps = exif.gps
     if GPS_LATITUDE not in gps.entries or GPS_LONGITUDE not in gps.entries:
         return Found(captured_at=captured_at, notes=(f"{source}: GPS IFD without latitude and longitude",))
-    lat = _angle(exif.get(gps, GPS_LATITUDE), exif.get(gps, GPS_LATITUDE_REF))
-    lon = _angle(exif.get(gps, GPS_LONGITUDE), exif.get(gps, GPS_LONGITUDE_REF))
+    # over three numbers is junk to _angle (None is too): they are not decoded
+    lat = _angle(exif.get(gps, GPS_LATITUDE, at_most=3), exif.get(gps, GPS_LATITUDE_REF))
+    lon = _angle(exif.get(gps, GPS_LONGITUDE, at_most=3), exif.get(gps, GPS_LONGITUDE_REF))
     if lat is None or lon is None:
         return Found(captured_at=captured_at, notes=(f"{source}: GPS latitude or longitude is a junk rational",))
     # altitude, its ref and the error are defined as one value: only the first of several counts

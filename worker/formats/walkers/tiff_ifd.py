@@ -131,21 +131,25 @@ def directory(body: bytes, offset: int, order: str, max_entries: int = MAX_ENTRI
     return Directory(entries, unpack_offset(body, end)[0], False)
 
 
-def value(body: bytes, entry: Entry, order: str, one: bool = False):
-    """The entry's value as Python (see the module docstring); ``one``: the tag is defined as one value,
-    so only the first of several counts."""
-    raw = body[entry.at:entry.at + entry.size]
+def value(body: bytes, entry: Entry, order: str, one: bool = False, at_most: int | None = None):
+    """The entry's value as Python (see the module docstring). ``one``: the tag is defined as one value,
+    so only the first of several counts (and only it is decoded). ``at_most``: None for an entry of more
+    numbers than that, undecoded (a reader wanting three rationals pays for three, not for a million)."""
     if entry.type in (BYTE, UNDEFINED):
-        return raw
+        return body[entry.at:entry.at + entry.size]
     if entry.type == ASCII:
+        raw = body[entry.at:entry.at + entry.size]
         return (raw[:-1] if raw.endswith(b"\x00") else raw).decode("latin-1")
+    if at_most is not None and entry.count > at_most and not one:
+        return None
+    count = 1 if one else entry.count
     code = TYPES[entry.type][1]
     if entry.type in (RATIONAL, SRATIONAL):
-        numbers = struct.unpack(f"{order}{2 * entry.count}{code}", raw)
+        numbers = struct.unpack_from(f"{order}{2 * count}{code}", body, entry.at)
         values = tuple(Rational(a, b) for a, b in zip(numbers[::2], numbers[1::2]))
     else:
-        values = struct.unpack(f"{order}{entry.count}{code}", raw)
-    return values[0] if one or len(values) == 1 else values
+        values = struct.unpack_from(f"{order}{count}{code}", body, entry.at)
+    return values[0] if len(values) == 1 else values
 
 
 __all__ = ["Rational", "Entry", "Directory", "header", "directory", "value", "MAX_ENTRIES"]
