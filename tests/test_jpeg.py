@@ -350,3 +350,21 @@ def test_a_salvaged_photo_still_gives_its_fix_to_the_restricted_record(tmp_path)
     assert report.status == "sanitized" and report.as_json()["salvaged"], report.as_json()
     assert_fix(report, expected)
     assert leaks(Path(report.output)) == [] and exiftool(Path(report.output)).get("GPS:GPSLatitude") is None
+
+
+def test_the_verifier_parses_a_rotated_copys_exif_once(tmp_path, monkeypatch):
+    """Pillow's JPEG plugin parses the EXIF when it looks for a DPI; the header check reuses that."""
+    import io
+
+    from PIL import Image
+
+    from worker.exif import orientation_only_exif
+    from worker.verify import pillow_header_findings
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG", exif=b"Exif\x00\x00" + orientation_only_exif(6))
+    loads = []
+    load = Image.Exif.load
+    monkeypatch.setattr(Image.Exif, "load", lambda self, data: loads.append(data) or load(self, data))
+    assert pillow_header_findings(tmp_path / "copy.partial", "jpeg", buffer.getvalue()) == []
+    assert len(loads) == 1

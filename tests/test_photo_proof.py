@@ -55,3 +55,57 @@ def test_gif_frames_are_proved_and_a_changed_lzw_byte_is_found(tmp_path):
 
 def test_a_copy_that_cannot_be_walked_is_a_finding():
     assert proof.differences("jpeg", b"\xff\xd8\xff\xd9", b"not a jpeg") == ["the copy's jpeg image data cannot be walked"]
+
+
+def test_spans_are_equal_exactly_when_their_bytes_are():
+    data = b"..abcdef..abcdef..abcdeX"
+    assert proof.Span(data, 2, 8) == proof.Span(b"abcdef", 0, 6) == proof.Span(data, 10, 16)
+    assert proof.Span(data, 2, 8) != proof.Span(data, 18, 24)       # one byte differs
+    assert proof.Span(data, 2, 8) != proof.Span(data, 2, 7)         # a prefix is not equal
+    assert proof.Span(data, 2, 8) != proof.Span(data, 20, 26)       # runs past the end
+
+
+def _jpeg_seeds(tmp_path) -> list[bytes]:
+    """Baseline and progressive JPEGs (several scans, restart markers) from the fixtures."""
+    from PIL import Image
+
+    from fixtures.jpeg import picture
+
+    seeds = []
+    for name, options in (("baseline", {}), ("progressive", {"progressive": True}),
+                          ("restarts", {"progressive": True, "restart_marker_blocks": 1})):
+        path = tmp_path / f"{name}.jpg"
+        picture().save(path, "JPEG", quality=90, **options)
+        seeds.append(path.read_bytes())
+    return seeds
+
+
+def _walked(items):
+    # Span by where it sits, not only by its bytes: the copy's walk must end each scan where a search would
+    return None if items is None else [tuple((x.start, x.end) if isinstance(x, proof.Span) else x for x in item)
+                                       for item in items]
+
+
+def test_the_copy_walk_guided_by_the_input_ends_every_scan_where_its_own_search_would(tmp_path):
+    import random
+
+    rng = random.Random(10)
+    for source in _jpeg_seeds(tmp_path):
+        expected = proof.jpeg_image(source)
+        assert sum(item[0] == "scan" for item in expected) >= 1
+        assert _walked(proof.jpeg_image(source, like=expected)) == _walked(expected)
+        for _ in range(300):
+            copy = bytearray(source)
+            for _ in range(rng.randint(1, 3)):   # markers, stuffing and fill put into or taken from the scans
+                at = rng.randrange(2, len(copy) - 2)
+                copy[at:at + rng.randint(1, 2)] = rng.choice((b"\xff", b"\xff\x00", b"\xff\xd9", b"\xff\xd0",
+                                                              b"\xff\xff", b"\x00", b"\xd9", b""))
+            copy = bytes(copy[:len(copy) - rng.choice((0, 0, 1, 2, 3))])
+            assert _walked(proof.jpeg_image(copy, like=expected)) == _walked(proof.jpeg_image(copy))
+        for item in expected:   # where the input's scan ends, the copy's marker made stuffing, restart or fill
+            if item[0] == "scan":
+                for second in (0x00, 0xD3, 0xFF):
+                    copy = bytearray(source)
+                    copy[item[-1].end + 1] = second
+                    copy = bytes(copy)
+                    assert _walked(proof.jpeg_image(copy, like=expected)) == _walked(proof.jpeg_image(copy))

@@ -14,6 +14,7 @@ from worker import formats
 from worker.budget import FileTimeout, memory_exhausted, start_deadline
 from worker.errors import SanitizeError
 from worker.formats.base import Limits, Rebuilt
+from worker.formats.photo import release_file
 from worker.location import Found
 from worker.verify import verify_copy
 
@@ -80,7 +81,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         tmp = dst_stem.with_name(dst_stem.name + ".partial")
         rebuilt: Rebuilt = fmt.rebuild(src, tmp, limits)
         dst = dst_stem.with_name(dst_stem.name + rebuilt.extension)
-        verify_copy(tmp, rebuilt, src)
+        verify_copy(tmp, rebuilt, src, source_format=fmt.name)
         os.replace(tmp, dst)
         report.status, report.format, report.media_type = "sanitized", rebuilt.format, rebuilt.media_type
         # identify() sees only the head; the copy's format was decided from the whole file
@@ -98,6 +99,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         report.status, report.error = "failed", SanitizeError("internal", f"{type(e).__name__}: {e}")
     finally:
         deadline.cancel()
+        release_file()
         partial = dst_stem.with_name(dst_stem.name + ".partial")
         if partial.exists():
             partial.unlink()

@@ -22,6 +22,7 @@ from pathlib import Path
 from worker import formats, icc
 from worker.errors import SanitizeError, verify_failed
 from worker.formats.base import Rebuilt
+from worker.formats.photo import file_bytes
 from worker.formats.photo.proof import IMAGE_PROOFS, differences
 
 # Pillow `info` keys that are pure rendering data; anything else in `info` is a finding.
@@ -40,7 +41,8 @@ def _metadata_findings(im, frame: int = 0, decoded: bool = True) -> list[str]:
     # "exif" is judged by its content below (an Orientation-only EXIF may stay), not by presence
     extra = sorted(k for k in im.info if str(k).lower() not in PILLOW_TECHNICAL_INFO | {"exif"})
     findings += [f"Pillow info key {k!r} in frame {frame}" for k in extra]
-    if decoded:
+    if decoded or im.format in ("JPEG", "MPO"):
+        # a JPEG's EXIF is in its header, and its plugin parsed it already when it looked for a DPI
         exif = im.getexif()
     else:
         # getexif() would decode a PNG to look for a late eXIf; the header's own EXIF is read
@@ -89,8 +91,9 @@ def _lcms_findings(profile: bytes) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _open_header(path: Path, format_name: str | None):
-    """``Image.open(path)``; for a JPEG copy, the JPEG plugin's own factory first.
+def _open_header(path: Path, format_name: str | None, data: bytes | None = None):
+    """``Image.open`` of the copy (its ``data`` when given, read once by the caller, else ``path``);
+    for a JPEG copy, the JPEG plugin's own factory first.
 
     The copy's name ends in ``.partial``, so Image.open cannot choose a plugin by extension and
     imports five (BMP, GIF, JPEG, PPM, PNG), a tenth of a one-file run's start (#10). The factory
@@ -98,20 +101,26 @@ def _open_header(path: Path, format_name: str | None):
     magic check and followed by the same decompression-bomb check; whatever the JPEG plugin
     refuses goes on to Image.open and every other plugin, as before.
     """
+    import io
     import struct
 
     from PIL import Image
 
+    # the caller's bytes when it has read them; the path otherwise (Pillow names it in its errors)
+    source = io.BytesIO(data) if data is not None else path
     if format_name == "jpeg":
         from PIL import JpegImagePlugin
 
-        with open(path, "rb") as f:
-            magic = f.read(3)
+        if data is not None:
+            magic = data[:3]
+        else:
+            with open(path, "rb") as f:
+                magic = f.read(3)
         if magic == b"\xff\xd8\xff":
             try:
-                im = JpegImagePlugin.jpeg_factory(str(path), str(path))
+                im = JpegImagePlugin.jpeg_factory(source if data is not None else str(path), str(path))
             except (SyntaxError, IndexError, TypeError, struct.error):
-                pass   # as Image.open's own loop does: the next plugin may read it
+                pass   # as Image.open's own loop does: the next plugin may read it (Image.open seeks to 0)
             else:
                 try:
                     Image._decompression_bomb_check(im.size)
@@ -119,13 +128,14 @@ def _open_header(path: Path, format_name: str | None):
                     im.close()
                     raise
                 return im
-    return Image.open(path)
+    return Image.open(source)
 
 
-def pillow_header_findings(path: Path, format_name: str | None = None) -> list[str]:
-    """Pillow's header parse of the copy (no pixel decode): whatever metadata it exposes."""
+def pillow_header_findings(path: Path, format_name: str | None = None, data: bytes | None = None) -> list[str]:
+    """Pillow's header parse of the copy (no pixel decode): whatever metadata it exposes. ``data``:
+    the copy's bytes, when the caller has read them already."""
     try:
-        with _open_header(path, format_name) as im:
+        with _open_header(path, format_name, data) as im:
             return _metadata_findings(im, decoded=False)
     except (SanitizeError, MemoryError):
         raise   # past the memory budget the sanitizer answers too_large; either way nothing is published
@@ -154,12 +164,15 @@ def pillow_findings(path: Path) -> list[str]:
     return findings
 
 
-def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None) -> None:
+def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source_format: str | None = None) -> None:
     """Raise SanitizeError(verify_failed) unless the copy at ``path`` is clean and shows the media.
 
     ``source`` is the input: a lossless photo copy, or a stream copy of an ISO-BMFF movie, is proved
     against it by bytes. Without it (or for a copy whose pixels were produced: a re-encode, a
     salvage; or an input whose sample tables give no proof) the copy is decoded instead.
+    ``source_format`` is the input's format as the sanitizer identified it (else it is identified
+    here). Each photo is read once (``file_bytes``): the input's bytes are the ones its walk read,
+    the copy's serve its walk (``inspect``), Pillow's header parse and the proof, each on its own.
     """
     try:
         fmt = formats.identify(path)
@@ -172,19 +185,22 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None) -> Non
     else:
         findings = list(fmt.inspect(path))
     if fmt.kind == "photo":
-        if source is not None and _copied_losslessly(source, rebuilt):
-            findings += pillow_header_findings(path, fmt.name)
-            findings += differences(fmt.name, source.read_bytes(), path.read_bytes())
+        if source is not None and _copied_losslessly(source, rebuilt, source_format):
+            copy = file_bytes(path)   # the bytes its walk (inspect) read
+            findings += pillow_header_findings(path, fmt.name, copy)
+            findings += differences(fmt.name, file_bytes(source), copy)
         else:
             findings += pillow_findings(path)
     if findings:
         raise verify_failed("the copy still holds: " + "; ".join(findings[:10]))
 
 
-def _copied_losslessly(source: Path, rebuilt: Rebuilt) -> bool:
+def _copied_losslessly(source: Path, rebuilt: Rebuilt, source_format: str | None = None) -> bool:
     """Whether the copy is the input's own coded image data: same format, a lossless family, no salvage."""
     if getattr(rebuilt, "salvage_reason", None) or rebuilt.format not in IMAGE_PROOFS:
         return False
+    if source_format is not None:
+        return source_format == rebuilt.format
     try:
         return formats.identify(source).name == rebuilt.format
     except SanitizeError:

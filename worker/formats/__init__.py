@@ -3,7 +3,7 @@
 The layout shows the roles: ``photo/`` holds the photo families (one module a container, plus the
 shared JPEG re-encoder), ``av/`` the audio and video families (with the ffmpeg remux and the
 verifier's walks they share), ``walkers/`` the bounded structure walkers several families use
-(ISO-BMFF boxes, RIFF/IFF chunks). ``base`` is the one interface.
+(ISO-BMFF boxes, RIFF/IFF chunks, TIFF IFDs). ``base`` is the one interface.
 
 Identification is by content only (magic bytes, then the family's own ``accept``), never by the
 file name or the declared content type: an upload can lie.

@@ -6,20 +6,41 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
-_LAST_READ: dict[tuple, object] = {}
+# What was read of the last two files (an upload and its agency copy), by file, then by what was
+# read; the oldest is forgotten first, and a file changed since (same path) is read again.
+_FILES = 2
+_READS: dict[tuple, dict[tuple, object]] = {}
+_BYTES = (Path.read_bytes.__module__, Path.read_bytes.__qualname__)   # file_bytes' entry
+
+
+def _file_key(path: Path) -> tuple:
+    stat = path.stat()
+    return str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def once_per_file(path: Path, read: Callable[[Path], T]) -> T:
-    """``read(path)``, remembered for the last file: ``locate`` and ``rebuild`` of one upload share
-    one read and one walk. Keyed by path, inode, size and times, so a changed file is read again."""
-    stat = path.stat()
-    key = (read.__module__, read.__qualname__, str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns,
-           stat.st_ctime_ns)
-    if key not in _LAST_READ:
-        value = read(path)
-        _LAST_READ.clear()
-        _LAST_READ[key] = value
-    return _LAST_READ[key]
+    """``read(path)``, remembered for the last two files: ``locate`` and ``rebuild`` of one upload
+    share one read and one walk, the verifier's walks of the copy one read. Keyed by path, inode,
+    size and times, so a changed file is read again."""
+    key = _file_key(path)
+    reads = _READS.pop(key, None)
+    if reads is None:
+        reads = {}
+        for stale in [k for k in _READS if k[0] == key[0]]:
+            del _READS[stale]
+        while len(_READS) >= _FILES:
+            del _READS[next(iter(_READS))]
+    _READS[key] = reads   # the most recent last
+    what = (read.__module__, read.__qualname__)
+    if what not in reads:
+        reads[what] = read(path)
+    return reads[what]   # type: ignore[return-value]
+
+
+def file_bytes(path: Path) -> bytes:
+    """The file's bytes, read once: a family's walk and the verifier's byte proof of the input, the
+    verifier's walks of the copy, take the same bytes object (each still walks it on its own)."""
+    return once_per_file(path, Path.read_bytes)
 
 
 def animation_pixel_budget(limits) -> int:
@@ -32,5 +53,13 @@ def animation_pixel_budget(limits) -> int:
 
 
 def release_read() -> None:
-    """Forget the remembered read: ``rebuild`` is its last user, and a photo can be large."""
-    _LAST_READ.clear()
+    """Forget the walks: ``rebuild`` is their last user, and a photo's can be large. The bytes stay
+    for the verifier's proof; ``release_file`` forgets them."""
+    for reads in _READS.values():
+        for what in [w for w in reads if w != _BYTES]:
+            del reads[what]
+
+
+def release_file() -> None:
+    """Forget everything read: the sanitizer calls it when an upload is done."""
+    _READS.clear()

@@ -21,7 +21,7 @@ from pathlib import Path
 from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
+from worker.formats.photo import animation_pixel_budget, file_bytes, once_per_file, reencode, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -148,7 +148,7 @@ def _check(data: bytes, w: Walk, limits: Limits) -> None:
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk]:
     """The file and its checked walk, once per file: locate and rebuild share them."""
     def read(p: Path) -> tuple[bytes, Walk]:
-        data = p.read_bytes()
+        data = file_bytes(p)
         w = walk(data)
         _check(data, w, limits)
         return data, w
@@ -252,7 +252,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
 def inspect(path: Path) -> list[str]:
     """Findings in a copy: any extension but graphic control, loop count and ICC; a loop extension
     with more than its one sub-block; a missing trailer or data after it."""
-    data = path.read_bytes()
+    data = file_bytes(path)   # the bytes the verifier's proof reads too: one read of the copy
     if data[:6] not in SIGNATURES or len(data) < 13:
         return ["no GIF signature and screen descriptor"]
     findings: list[str] = []

@@ -20,17 +20,19 @@ cannot contain.
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_of, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import once_per_file, release_read
+from worker.formats.photo import file_bytes, once_per_file, release_read
 from worker.location import Found, choose
 from worker.xmp import MAX_XMP_BYTES, locate_in_xmp
 
@@ -59,8 +61,7 @@ JFIF_PAYLOAD = 14      # identifier, version, units, densities, a 0x0 thumbnail
 ADOBE_PAYLOAD = 12     # identifier, version, flags0, flags1, transform
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):   # a tuple, not a dataclass: a walk makes tens of them a file (#10)
     """One marker segment of the walk: where it sits and what it holds."""
 
     marker: int
@@ -189,8 +190,9 @@ def _quant_tables(payload: bytes) -> tuple[list[tuple[int, bytes]], int]:
     return tables, len(payload) - i
 
 
-def _huffman_tables(payload: bytes) -> tuple[list[tuple[tuple[int, int], bytes]], int]:
-    """([((class, id), definition)], slack bytes) of a DHT payload; corrupt on an impossible table."""
+@functools.lru_cache(maxsize=64)   # the checked walk, the tables in use and the rebuild each read every DHT
+def _huffman_tables(payload: bytes) -> tuple[tuple[tuple[tuple[int, int], bytes], ...], int]:
+    """(((class, id), definition)..., slack bytes) of a DHT payload; corrupt on an impossible table."""
     tables, i = [], 0
     while len(payload) - i >= 17:
         table_class, table_id = payload[i] >> 4, payload[i] & 0x0F
@@ -212,7 +214,7 @@ def _huffman_tables(payload: bytes) -> tuple[list[tuple[tuple[int, int], bytes]]
             raise corrupt("a JPEG DC Huffman table holds a symbol over 15")
         tables.append(((table_class, table_id), payload[i:i + 17 + count]))
         i += 17 + count
-    return tables, len(payload) - i
+    return tuple(tables), len(payload) - i
 
 
 def frame_components(payload: bytes) -> dict[int, int]:
@@ -292,7 +294,7 @@ def _checked_walk(data: bytes, limits: Limits) -> Walk:
 def _read(path: Path, limits: Limits) -> tuple[bytes, Walk]:
     """The file and its checked walk, once per file: locate and rebuild share them."""
     def read(p: Path) -> tuple[bytes, Walk]:
-        data = p.read_bytes()
+        data = file_bytes(p)
         return data, _checked_walk(data, limits)
     read.__qualname__ = f"jpeg.read:{limits!r}"
     return once_per_file(path, read)
@@ -373,7 +375,7 @@ def locate(path: Path, limits: Limits) -> Found:
     except SanitizeError as e:
         if e.code == "too_large":
             raise
-        return choose(_found_in_segments(metadata_segments(path.read_bytes())))
+        return choose(_found_in_segments(metadata_segments(file_bytes(path))))
     return choose(_found_in_segments(result.segments) + _found_in_trailer(result.trailer))
 
 
@@ -400,7 +402,7 @@ def describe(segment: Segment) -> str:
     """A human name for a dropped segment."""
     payload, marker = segment.payload, segment.marker
     if marker == APP1 and payload.startswith(EXIF_ID):
-        return f"APP1 Exif ({describe_exif(payload[len(EXIF_ID):])})"
+        return f"APP1 Exif ({describe_exif(payload)})"
     if marker == APP1 and payload.startswith(XMP_ID):
         return "APP1 XMP"
     if marker == APP1 and payload.startswith(XMP_EXTENSION_ID):
@@ -480,7 +482,8 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         from worker.formats.photo import reencode   # only a refused photo pays for the re-encoder
         return reencode.salvage(src, dst, limits, e, truncated_ok=True)
     exif = next((s.payload for s in result.segments if s.marker == APP1 and s.payload.startswith(EXIF_ID)), None)
-    orientation = orientation_of(exif[len(EXIF_ID):]) if exif is not None else 1
+    orientation = orientation_of(exif) if exif is not None else 1   # the payload locate read: one EXIF walk
+    view = memoryview(data)
     head, body, removed = [data[:2]], [], []
     quant_used, huffman_used = _tables_in_use(result.segments)
     jfif_written = icc_written = False
@@ -514,7 +517,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                 raise corrupt("the JPEG restart interval segment is shorter than 2 bytes")
             body.append(_segment_bytes(DRI, payload[:2]))   # its 2 defined bytes, no slack
         elif s.marker in TABLE_MARKERS or s.marker in SOF_MARKERS or s.marker == SOS or s.marker == EOI:
-            body.append(data[s.start:s.end])
+            body.append(view[s.start:s.end])   # the scans, tables and frames as they are, not copied
         else:
             removed.append(describe(s))
     if orientation != 1:
@@ -522,7 +525,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
     if result.trailer:
         removed.append(f"trailer after EOI ({_size(len(result.trailer))}: {_trailer_kind(result.trailer)})")
     with open(dst, "wb") as f:
-        f.write(b"".join(head + body))
+        f.writelines(head + body)
     return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=tuple(dict.fromkeys(removed)))
 
 
@@ -530,7 +533,7 @@ def inspect(path: Path) -> list[str]:
     """Findings in a copy: any marker off the allow-list, any APP1 but a minimal Orientation EXIF,
     an APP2 that is not ICC, JFIF or Adobe segments with more than their defined bytes, data after EOI.
     """
-    data = path.read_bytes()
+    data = file_bytes(path)   # the bytes the verifier's proof reads too: one read of the copy
     if data[:2] != b"\xff\xd8":
         return ["no SOI marker"]
     findings: list[str] = []

@@ -23,7 +23,7 @@ from worker import icc
 from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif, orientation_only_exif, orientation_only_findings
 from worker.formats.base import Format, Limits, Rebuilt
-from worker.formats.photo import animation_pixel_budget, once_per_file, reencode, release_read
+from worker.formats.photo import animation_pixel_budget, file_bytes, once_per_file, reencode, release_read
 from worker.formats.walkers.iff import Chunk, chunk, iter_chunks
 from worker.formats.photo.png import display_orientation
 from worker.location import Found, choose
@@ -129,7 +129,7 @@ def _check(w: Walk, limits: Limits) -> None:
 def _read(path: Path, limits: Limits) -> Walk:
     """The checked walk (holding the file), once per file: locate and rebuild share it."""
     def read(p: Path) -> Walk:
-        w = walk(p.read_bytes())
+        w = walk(file_bytes(p))
         _check(w, limits)
         return w
     read.__qualname__ = f"webp.read:{limits!r}"
@@ -231,7 +231,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
 def inspect(path: Path) -> list[str]:
     """Findings in a copy: chunks off the allow-list (top level and inside frames), an EXIF that is
     more than Orientation, VP8X flags that disagree with the chunks, a RIFF size not the file's."""
-    data = path.read_bytes()
+    data = file_bytes(path)   # the bytes the verifier's proof reads too: one read of the copy
     if len(data) < RIFF_HEADER or not accept(data):
         return ["no RIFF WEBP header"]
     findings: list[str] = []
