@@ -63,3 +63,22 @@ def build_and_sanitize(folder: Path, builders: dict) -> dict:
         builder(src)
         results[name] = (src, sanitize_file(src, out / Path(name).stem, Limits()))
     return results
+
+
+@pytest.fixture
+def tool_runs(monkeypatch) -> list[list[str]]:
+    """The argument list of every external tool started while the test runs (the tools still run:
+    this records worker.tools.run_tool's calls, it replaces nothing)."""
+    from worker import tools
+    from worker.formats.av import av_rebuild
+
+    started: list[list[str]] = []
+    real = tools.run_tool
+
+    def recording(args, *rest, **kwargs):
+        started.append(list(args))
+        return real(args, *rest, **kwargs)
+
+    monkeypatch.setattr(tools, "run_tool", recording)
+    monkeypatch.setattr(av_rebuild, "run_tool", recording)     # the remux imports it by name
+    return started

@@ -582,19 +582,10 @@ def test_a_long_mp3_is_walked_without_holding_it_in_memory(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(audio.BUILDERS))
-def test_one_tool_start_per_audio_file(name, built, tmp_path, monkeypatch):
+def test_one_tool_start_per_audio_file(name, built, tmp_path, tool_runs):
     """Every audio family starts one tool, the decode sample (the rebuild's, or for WAV and AIFF the
     verifier's): counted on the argument lists worker.tools.run_tool really runs."""
-    from worker import tools
-
-    started: list[list[str]] = []
-    real = tools.run_tool
-
-    def recording(args, *rest, **kwargs):
-        started.append(list(args))
-        return real(args, *rest, **kwargs)
-
-    monkeypatch.setattr(tools, "run_tool", recording)
+    started = tool_runs
     report = sanitize_file(built[name], tmp_path / "copy", LIMITS)
     assert report.status == "sanitized", report.as_json()
     assert [args[0] for args in started] == ["ffmpeg"]

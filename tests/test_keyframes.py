@@ -88,15 +88,8 @@ def test_the_walk_finds_the_keyframes_ffprobe_reports(clips):
         assert sync_times(clip, 0) == pytest.approx(expected)
 
 
-def test_a_long_gop_input_is_decoded_in_one_range_and_a_short_gop_one_in_three(clips, tmp_path, monkeypatch):
-    started: list[list[str]] = []
-    real = tools.run_tool
-
-    def recording(args, limits, *, what):
-        started.append(list(args))
-        return real(args, limits, what=what)
-
-    monkeypatch.setattr(tools, "run_tool", recording)
+def test_a_long_gop_input_is_decoded_in_one_range_and_a_short_gop_one_in_three(clips, tmp_path, tool_runs):
+    started = tool_runs
     for name, inputs in (("long", 1), ("short", 3)):
         started.clear()
         rebuilt = av_rebuild.rebuild_with("mp4", ("mp4",), clips[name], tmp_path / f"{name}.mp4", Limits())
