@@ -26,10 +26,11 @@ def sanitize(path: Path, out: Path, **env: str) -> tuple[dict, float, str]:
 
 @pytest.fixture(scope="module")
 def slow_video(tmp_path_factory) -> Path:
-    """Ten seconds of 640x480 H.264: probing, remuxing and sample-decoding it takes well over a second."""
-    path = tmp_path_factory.mktemp("slow") / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=640x480:rate=30:duration=10",
-                    "-f", "lavfi", "-i", "sine=duration=10", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+    """Ten seconds of 1080p Motion JPEG in a MOV: a codec whose decode sample is every frame of its
+    windows (not only keyframes, as for H.264), so remuxing and sample-decoding it takes about a second."""
+    path = tmp_path_factory.mktemp("slow") / "clip.mov"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=10",
+                    "-f", "lavfi", "-i", "sine=duration=10", "-c:v", "mjpeg", "-q:v", "4", "-c:a", "aac",
                     "-shortest", str(path)], check=True, timeout=120)
     return path
 

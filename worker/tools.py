@@ -161,7 +161,7 @@ def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bo
     return probe
 
 
-def stream_copy_args(src: Path, dst: Path, *, demuxer: str | None, muxer: str, indexes: list[int],
+def stream_copy_args(src: Path, dst: Path, *, demuxer: str | None, muxer: str, indexes: list,
                      options: dict[str, str] | None = None) -> list[str]:
     """ffmpeg arguments copying the streams ``indexes`` of ``src`` (packets untouched) into a new
     ``dst`` written by ``muxer``: no metadata, no chapters, ffmpeg's name and times left out."""
@@ -205,31 +205,13 @@ def _decode_errors(stderr: str, cut_short: bool = False) -> list[str]:
 SAMPLE_SECONDS = 2.0
 
 
-def sample_ranges(duration: float, keyframes: list[float] | None = None) -> list[tuple[float, float]]:
+def sample_ranges(duration: float) -> list[tuple[float, float]]:
     """The (start, end) seconds of the decode sample of a file ``duration`` long: the first, middle
-    and last ``SAMPLE_SECONDS``, or the whole file when it is short.
-
-    ``keyframes`` (the video's keyframe times, when known): ffmpeg decodes each window from the
-    keyframe at or before its start anyway, so each window is widened to start there and windows
-    that then overlap or touch are merged into one range. Every frame the plain windows check is
-    still checked, and none is decoded twice (with long groups of pictures the three windows of a
-    short film all start at its first keyframe: one range, decoded once, instead of three runs over
-    the same first frames)."""
+    and last ``SAMPLE_SECONDS``, or the whole file when it is short."""
     if duration <= 3 * SAMPLE_SECONDS:
         return [(0.0, duration)]
     starts = (0.0, duration / 2 - SAMPLE_SECONDS / 2, max(duration - SAMPLE_SECONDS, 0.0))
-    windows = [(start, start + SAMPLE_SECONDS) for start in starts]
-    if not keyframes:
-        return windows
-    widened = sorted((max(0.0, max((k for k in keyframes if k <= start), default=0.0)), end)
-                     for start, end in windows)
-    merged = [widened[0]]
-    for start, end in widened[1:]:
-        if start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
+    return [(start, start + SAMPLE_SECONDS) for start in starts]
 
 
 def _seek_args(ranges: list[tuple[float, float]], duration: float) -> list[list[str]]:
@@ -246,25 +228,40 @@ def _seek_args(ranges: list[tuple[float, float]], duration: float) -> list[list[
     return seeks
 
 
-def decode_sample_args(path: Path, *, duration: float | None, demuxer: str | None, indexes: list[int] | None,
-                       keyframes: list[float] | None, first_input: int = 0) -> tuple[list[str], list[str]]:
+def decode_sample_args(path: Path, *, duration: float | None, demuxer: str | None, indexes: list | None,
+                       keyframes_only: bool = False, whole: bool = False,
+                       first_input: int = 0) -> tuple[list[str], list[str]]:
     """The ffmpeg inputs (``path`` once per sample range, seeked and cut) and outputs (the streams
-    mapped to the null muxer) of ``decode_sample``; the inputs are numbered from ``first_input``."""
-    if duration is None:
+    mapped to the null muxer) of ``decode_sample``; the inputs are numbered from ``first_input``.
+    ``indexes``: ffmpeg stream specifiers of ``path`` (an index, or ``i:ID`` for a stream id)."""
+    if whole:
+        seeks = [[]]
+    elif duration is None:
         seeks = [["-t", f"{SAMPLE_SECONDS:.3f}"], ["-sseof", f"{-SAMPLE_SECONDS:.3f}"]]
     else:
-        seeks = _seek_args(sample_ranges(duration, keyframes), duration)
+        seeks = _seek_args(sample_ranges(duration), duration)
     inputs, outputs = [], []
     for i, seek in enumerate(seeks, start=first_input):
-        inputs += [*seek, *input_args(path, demuxer)]
-        for stream in [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]:
-            outputs += ["-map", stream]
+        inputs += [*_decoder_options(keyframes_only), *seek, *input_args(path, demuxer)]
+        outputs += _maps(i, indexes)
     return inputs, [*outputs, "-f", "null", "-"]
 
 
+def _decoder_options(keyframes_only: bool) -> list[str]:
+    return ["-skip_frame:v", "nokey"] if keyframes_only else []
+
+
+def _maps(i: int, indexes: list | None) -> list[str]:
+    """``-map`` options of the streams ``indexes`` of input ``i``, else of its every video and audio stream."""
+    maps = []
+    for stream in [f"{i}:{index}" for index in indexes] if indexes else [f"{i}:v?", f"{i}:a?"]:
+        maps += ["-map", stream]
+    return maps
+
+
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
-                  indexes: list[int] | None = None, what: str = "decoding", cut_short: bool = False,
-                  share: bool = False, keyframes: list[float] | None = None) -> None:
+                  indexes: list | None = None, what: str = "decoding", cut_short: bool = False,
+                  share: bool = False, keyframes_only: bool = False, whole: bool = False) -> None:
     """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the ranges of
     ``sample_ranges`` (one input of the same file for each, seeked and cut), or the whole file
     when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
@@ -274,14 +271,16 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     pages, FLAC frame headers) are checked by our walks instead. ``indexes``: the streams to decode
     (those a rebuild keeps), else every video and audio stream. ``cut_short``: the file is known
     to end before its sample tables do; the samples past its end are not counted as damage.
-    ``keyframes``: the video's keyframe times, so that no frame is decoded twice (``sample_ranges``).
+    ``keyframes_only``: the video decoder decodes only the keyframes of each range (and the one
+    before it, where ffmpeg's seek starts); see ``av_rebuild``, which copies those very bytes.
+    ``whole``: decode the whole file instead of the ranges (one input: see ``av_rebuild``).
     ``share``: the verifier decodes these same bytes next (an audio copy the rebuild checks): its
     ask is answered by this run (the sample positions are this run's, from this ``duration``)."""
-    question = ("decode", demuxer, tuple(indexes or ()), cut_short)
+    question = ("decode", demuxer, tuple(indexes or ()), cut_short, keyframes_only, whole)
     if _recall(question, path) is not None:
         return
     inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
-                                         keyframes=keyframes)
+                                         keyframes_only=keyframes_only, whole=whole)
     args = ["ffmpeg", "-nostdin", "-v", "error", *inputs, *outputs]
     try:
         proc = run_tool(args, limits, what=what)
@@ -298,8 +297,8 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
 
 
 def copy_and_decode_sample(copy_args: list[str], path: Path, limits: Limits, *, duration: float | None,
-                           demuxer: str | None, indexes: list[int], cut_short: bool = False,
-                           keyframes: list[float] | None = None) -> bool:
+                           demuxer: str | None, indexes: list, cut_short: bool = False,
+                           keyframes_only: bool = False, whole: bool = False) -> bool:
     """Run the stream copy ``copy_args`` (``stream_copy_args`` of ``path``) and ``decode_sample`` of
     ``path`` as one ffmpeg run: one start, one reading of the file. True when it exited 0 and logged
     no error at all; False on anything else (``corrupt``, or a line on stderr), since then it
@@ -309,11 +308,16 @@ def copy_and_decode_sample(copy_args: list[str], path: Path, limits: Limits, *, 
     head = ["ffmpeg", "-nostdin", "-v", "error", *input_args(path, demuxer)]
     if copy_args[:len(head)] != head:
         raise ValueError("copy_args is not a stream copy of this input")
-    inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
-                                         keyframes=keyframes, first_input=1)
+    if whole:
+        # the copy's own input feeds the decoders too: the file is opened and read once
+        args = [*head[:4], *_decoder_options(keyframes_only), *head[4:], *copy_args[len(head):],
+                *_maps(0, indexes), "-f", "null", "-"]
+    else:
+        inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
+                                             keyframes_only=keyframes_only, first_input=1)
+        args = [*head, *inputs, *copy_args[len(head):], *outputs]
     try:
-        proc = run_tool([*head, *inputs, *copy_args[len(head):], *outputs], limits,
-                        what="remuxing and checking the input")
+        proc = run_tool(args, limits, what="remuxing and checking the input")
     except SanitizeError as e:
         if e.code == "corrupt":
             return False

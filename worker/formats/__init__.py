@@ -29,6 +29,16 @@ def _printable_box_type(head: bytes) -> bool:
     return len(head) >= 8 and all(0x20 <= b < 0x7F for b in head[4:8])
 
 
+def _lists_image_brand(head: bytes) -> bool:
+    # a leading ftyp naming a still-image brand among its brands: a movie never imports the photo code
+    from worker.formats.av.brands import IMAGE_BRANDS
+
+    if head[4:8] != b"ftyp":
+        return False
+    ftyp = head[8:int.from_bytes(head[:4], "big")]
+    return any(ftyp[i:i + 4] in IMAGE_BRANDS for i in (0, *range(8, len(ftyp), 4)))
+
+
 def _mpeg_audio(head: bytes) -> bool:
     # an ID3v2 tag, or an MPEG audio frame sync (11 set bits) at the very start
     return head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
@@ -43,7 +53,7 @@ FAMILIES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
     ("photo.png", lambda head: head[:8] == b"\x89PNG\r\n\x1a\n"),
     ("photo.webp", lambda head: head[:4] == b"RIFF"),
     ("photo.gif", lambda head: head[:3] == b"GIF"),
-    ("photo.heif", lambda head: head[4:8] == b"ftyp"),
+    ("photo.heif", _lists_image_brand),
     ("photo.tiff", lambda head: head[:2] in (b"II", b"MM")),
     ("av.isobmff", _printable_box_type),
     ("av.matroska", lambda head: head[:4] == b"\x1a\x45\xdf\xa3"),

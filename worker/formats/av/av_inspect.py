@@ -1,20 +1,25 @@
 """The verifier's look at an ISO-BMFF agency copy, with readers other than the ffmpeg that wrote it.
 
-Three looks, each listing what it finds outside the allow-list:
+Each look lists what it finds outside the allow-list:
 - our own box walk: no metadata boxes, at most one ``vide`` and one ``soun`` track, zeroed times,
   no media in other files, only known ``ftyp`` brands, only sample tables in ``stbl``, no string
-  in a ``dref`` entry, no encoder vendor or version in a sample entry (but ffmpeg's own 'FFMP'); ``free``/``skip``/``wide`` space and mdat bytes no track reads must be
-  zero (a neutralised copy turns what it drops into zeroed ``free`` boxes, and zeroes unused media);
-- ffprobe: no tags beyond technical ones, no data/subtitle/attachment streams, no chapters;
-- mutagen's MP4 reader: no tags at all.
+  in a ``dref`` entry, no handler name but the ones ffmpeg writes, no encoder vendor or version in
+  a sample entry (but ffmpeg's own 'FFMP'); ``free``/``skip``/``wide`` space and mdat bytes no
+  track reads must be zero (a neutralised copy turns what it drops into zeroed ``free`` boxes, and
+  zeroes unused media);
+- mutagen's MP4 reader: no tags at all;
+- ffprobe, where the copy is decoded (below): no tags beyond technical ones, no data, subtitle or
+  attachment streams, no chapters (what the box walk already refuses, seen by another reader).
 
 Then the media itself. Given the input (``inspect_copy_of``, the verifier's usual call), the copy is
 proved by bytes (``stream_proof``): each of its tracks holds exactly the coded samples of the input
-track the rebuild kept (same codec, sizes, SHA-256 of the samples) and ffprobe describes the same
-decoder configuration (codec, profile, picture/sound format, extradata hash) for both. The input's
-decode sample in the rebuild showed those bytes decode, so the copy is not decoded again. Where the
-input gives no proof (see ``stream_proof``), or without the input (``inspect_copy``), ffmpeg decodes
-a sample of the copy's streams (start, middle, end) instead, which must log not a single error.
+track the rebuild kept (same codec, sizes, SHA-256 of the samples), configured for its decoder by
+the same bytes (``movie``: the ``avcC``, ``hvcC``, ``esds``… of both, compared byte for byte; for
+a codec without such a box, ffprobe's description of both, extradata by its hash). The input's
+decode sample in the rebuild showed those bytes decode, so the copy is not decoded again and no
+tool starts. Where the input gives no proof (see ``stream_proof``), or without the input
+(``inspect_copy``), ffmpeg decodes a sample of the copy's streams (start, middle, end) instead,
+which must log not a single error.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from worker.formats.base import Limits
 from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box, chunk_ranges,
                                   dref_entries, dref_is_external, file_size, iter_boxes, header_times, read_payload, sample_entry_children, sample_entry_types,
                                   walk)
-from worker.formats.av import stream_proof
+from worker.formats.av import movie, stream_proof
 from worker.tools import decode_findings, ffprobe
 
 TOP_LEVEL = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"})
@@ -45,6 +50,7 @@ TRACK_HANDLERS = frozenset({b"vide", b"soun"})
 FORMAT_TAGS = frozenset({"major_brand", "minor_version", "compatible_brands"})
 STREAM_TAGS = frozenset({"handler_name", "vendor_id", "language"})
 HANDLER_NAMES = frozenset({"VideoHandler", "SoundHandler", "DataHandler", ""})
+HANDLER_NAME_BYTES = frozenset(name.encode() for name in HANDLER_NAMES)      # the names ffmpeg writes
 SPACE = frozenset({b"free", b"skip", b"wide"})
 BLOCK = 1 << 20
 DEMUXER = "mov"
@@ -160,10 +166,13 @@ def box_findings(path: Path) -> list[str]:
                 created, modified = header_times(read_payload(f, box, 4096))
                 if created or modified:
                     findings.append(f"{where} carries creation/modification times")
-            elif box.type == b"hdlr" and box_path[-1:] == (b"mdia",):
+            elif box.type == b"hdlr":
                 payload = read_payload(f, box, 4096)
-                handlers.append(payload[8:12])
-                handler = payload[8:12]
+                if handler_name(payload) not in HANDLER_NAME_BYTES:
+                    findings.append(f"{where} names its handler {handler_name(payload)!r}")
+                if box_path[-1:] == (b"mdia",):
+                    handlers.append(payload[8:12])
+                    handler = payload[8:12]
             elif box.type == b"dref":
                 findings += dref_findings(read_payload(f, box, 1 << 20), where)
             elif box.type == b"ftyp" and not box_path:
@@ -188,6 +197,14 @@ def box_findings(path: Path) -> list[str]:
         if handlers.count(kind) > 1:
             findings.append(f"{handlers.count(kind)} {kind.decode()} tracks")
     return findings
+
+
+def handler_name(hdlr: bytes) -> bytes:
+    """The name an ``hdlr`` payload gives its handler (a C string, or QuickTime's counted string)."""
+    name = hdlr[24:]
+    if name and name[0] == len(name) - 1:
+        name = name[1:]
+    return name.strip(b"\0")
 
 
 def is_cover(stream: dict) -> bool:
@@ -225,24 +242,55 @@ def ffprobe_findings(path: Path, probe: dict | None = None) -> list[str]:
     return findings
 
 
-def proof_findings(path: Path, source: Path, probe: dict) -> list[str] | None:
-    """The byte proof of the copy at ``path`` (ffprobe's ``probe`` of it) against ``source``:
-    findings, empty when proved, None when the input gives no proof (then the copy is decoded)."""
+def proof_findings(path: Path, source: Path) -> list[str] | None:
+    """The byte proof of the copy at ``path`` against ``source``: findings, empty when proved, None
+    when the input gives no proof (then the copy is decoded)."""
     try:
-        # the rebuild asked this of the same input, sharing its answer: no second ffprobe run
-        source_probe = ffprobe(source, Limits(), DEMUXER)
+        source_movie = movie.describe(source)
     except SanitizeError:
         return None
-    kept = [s for s in pick_streams(source_probe) if s is not None]
+    kept = [t for t in (source_movie.first(b"vide"), source_movie.first(b"soun")) if t is not None]
     if not kept:
         return None
-    findings = stream_proof.differences(source, path, {s["codec_type"]: s["index"] for s in kept})
+    findings = stream_proof.differences(source, path, {t.kind: t.index for t in kept})
     if findings is None:
         return None
-    copy_streams = dict(zip(("video", "audio"), pick_streams(probe)))
-    for stream in kept:
-        findings += stream_proof.decoder_differences(stream, copy_streams[stream["codec_type"]])
+    try:
+        copy_movie = movie.describe(path)
+    except SanitizeError as e:
+        return findings + [f"the copy's boxes cannot be read for the proof: {e.message}"]
+    for track in kept:
+        findings += decoder_findings(track, copy_movie.first(track.handler), source, path)
     return findings
+
+
+def decoder_findings(kept: movie.Track, copy: movie.Track | None, source: Path, path: Path) -> list[str]:
+    """Findings when the copy's track is configured for its decoder otherwise than the input's:
+    the configuration box our walk reads, byte for byte; for a codec whose configuration the walk
+    does not read, ffprobe's description of both streams (extradata by its hash)."""
+    if copy is None:
+        return [f"the copy has no {kept.kind} stream"]
+    if kept.config is not None and copy.codec == kept.codec:
+        if copy.config != kept.config:
+            return [f"the copy's {kept.kind} stream has another decoder configuration "
+                    f"({copy.codec.decode('latin-1')}: {len(copy.config or b'')} bytes, the input's {len(kept.config)})"]
+        return []
+    source_stream = _stream_by_id(ffprobe(source, Limits(), DEMUXER), kept.track_id)
+    copy_stream = _stream_by_id(ffprobe(path, Limits(), DEMUXER), copy.track_id)
+    if source_stream is None:
+        return [f"ffprobe does not see the input's {kept.kind} stream"]
+    return stream_proof.decoder_differences(source_stream, copy_stream)
+
+
+def _stream_by_id(probe: dict, track_id: int) -> dict | None:
+    return next((s for s in probe.get("streams") or [] if _stream_id(s) == track_id), None)
+
+
+def _stream_id(stream: dict) -> int | None:
+    try:
+        return int(str(stream.get("id")), 0)
+    except ValueError:
+        return None
 
 
 def mutagen_findings(path: Path) -> list[str]:
@@ -268,13 +316,17 @@ def inspect_copy(path: Path) -> list[str]:
 
 def inspect_copy_of(path: Path, source: Path) -> list[str]:
     """``inspect_copy`` of a copy made from ``source``: its media proved by bytes against the
-    input's where the input allows it, decoded where not. A failed proof is a finding, never a
-    reason to fall back to decoding. Never raises for a bad copy."""
+    input's where the input allows it (then the copy's own readers are our walk and mutagen, and
+    no tool starts), decoded where not. A failed proof is a finding, never a reason to fall back to
+    decoding. Never raises for a bad copy."""
     try:
-        probe = ffprobe(path, Limits(), DEMUXER)
-        findings = box_findings(path) + ffprobe_findings(path, probe)
-        proof = proof_findings(path, source, probe)
-        findings += decode_findings(path, probe, Limits(), DEMUXER) if proof is None else proof
+        findings = box_findings(path)
+        proof = proof_findings(path, source)
+        if proof is None:
+            probe = ffprobe(path, Limits(), DEMUXER)
+            findings += ffprobe_findings(path, probe) + decode_findings(path, probe, Limits(), DEMUXER)
+        else:
+            findings += proof
         return findings + mutagen_findings(path)
     except SanitizeError as e:
         return [f"the copy does not read back: {e.code}: {e.message}"]

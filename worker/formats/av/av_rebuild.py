@@ -8,16 +8,22 @@ and creation times; the display matrix (rotation) travels as stream side data an
 When ffmpeg cannot copy a file, the lossless fallback below neutralises its boxes in place instead.
 
 Before any copy: the box walk refuses reference movies (``rmra``, external ``dref`` entries) as
-``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; one ffmpeg
-run decodes a sample of the kept streams (start, middle, end; each window from the keyframe before
-it, overlapping ones merged, so no frame is decoded twice: ``keyframes``), so a broken input is
-``corrupt`` here and ``verify_failed`` keeps meaning that our copy is wrong. Tools: ffprobe of the
-input; one ffmpeg run that both writes the copy and decodes the input's sample (when it fails or
-logs anything, the decode sample and the remux run apart, so that a failure is put down to the
-input or to the muxer as before); a probe of the copy. The verifier asks ffprobe the same
-of the input and of the copy and is answered by these runs (``worker.tools``: one run per
-question); it proves the copy's samples by bytes against the input's (``stream_proof``) and decodes
-the copy only where the input gives no such proof (an upload cut short, odd sample tables).
+``unsupported_format`` and sample tables with no chunk inside the file as ``corrupt``; our walk of
+the tracks (``movie``) says what ffprobe used to: which tracks there are, their codecs, the
+duration, the rotation. One ffmpeg run then writes the copy and decodes a sample of the kept
+streams of the input, so a broken input is ``corrupt`` here and ``verify_failed`` keeps meaning
+that our copy is wrong. The decode sample: the sound of the start, middle and end (2 s each), and
+of the video the keyframes there (``-skip_frame nokey`` for H.264, HEVC and MPEG-4 Part 2, whose
+decoders honour it; every frame for other codecs). A keyframe is where the decoder's configuration
+and the coded picture meet, so it shows the stream decodes; the frames between them are copied,
+and proved copied byte for byte, but not decoded (decoding them was 85% of the time of the
+bench's 10 s film, whose keyframes x264 set 250 frames apart). A short film (at most 60 s and 20
+keyframes) is decoded whole in the same input as the copy: every keyframe and all its sound, the
+file opened once. When that run fails or logs anything, the decode sample and the remux run apart,
+so that a failure is put down to the input or to the muxer as before. Tools: that one ffmpeg run.
+The verifier proves the copy's samples and decoder configuration by bytes against the input's
+(``stream_proof``, ``movie``) and decodes the copy only where the input gives no such proof (an
+upload cut short, odd sample tables).
 """
 from __future__ import annotations
 
@@ -27,15 +33,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
-from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, is_cover, pick_streams, vendor_field
+from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, pick_streams, vendor_field
 from worker.formats.av.brands import known_av_brand
-from worker.formats.av.keyframes import sync_times
+from worker.formats.av.movie import Movie, Track, describe
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
 from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, SAMPLE_ENTRY_BOXES, Box,
                                           chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size,
                                           header_times, iter_boxes, media_extent, read_payload, sample_entry_children,
                                           sample_entry_types, walk)
-from worker.tools import copy_and_decode_sample, decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
+from worker.tools import copy_and_decode_sample, decode_sample, ffprobe, run_tool, stream_copy_args
 
 # boxes that hold metadata; named in the report when the source had them
 METADATA_BOXES = {b"udta": "udta", b"meta": "meta", b"keys": "mdta keys", b"ilst": "ilst tags",
@@ -45,6 +51,12 @@ MAX_SAMPLE_TABLE = 64 << 20
 # a reference movie's media is other movies named by URL or alias (rmra/rmda/rdrf); never fetched
 REFERENCE_BOXES = frozenset({b"rmra", b"rmda", b"rdrf"})
 DEMUXER = "mov"            # ffmpeg's demuxer for the whole family (mov, mp4, m4a, 3gp, 3g2)
+# video codecs whose ffmpeg decoders honour -skip_frame nokey: their decode sample is their keyframes
+KEYFRAME_SAMPLE_CODECS = frozenset({b"avc1", b"avc3", b"hvc1", b"hev1", b"mp4v", b"s263"})
+# a short film with few keyframes is decoded whole, every keyframe and all its sound, in one input:
+# each input ffmpeg opens costs about as much as ten 1080p keyframes (its demuxer and decoders start)
+WHOLE_SAMPLE_SECONDS = 60.0
+WHOLE_SAMPLE_KEYFRAMES = 20
 
 
 @dataclass(frozen=True)
@@ -54,13 +66,6 @@ class Muxing:
     media_type: str
     extension: str
     brand: str | None = None
-
-
-def rotation(stream: dict | None) -> float:
-    for side in (stream or {}).get("side_data_list") or []:
-        if "rotation" in side:
-            return float(side["rotation"])
-    return 0.0
 
 
 def check_limits(probe: dict, limits: Limits) -> None:
@@ -143,49 +148,47 @@ def remux_args(src: Path, dst: Path, muxing: Muxing, indexes: list[int]) -> list
     return stream_copy_args(src, dst, demuxer=DEMUXER, muxer=muxing.muxer, indexes=indexes, options=options)
 
 
-def _remux(targets: tuple[str, ...], src: Path, dst: Path, streams: tuple[dict | None, dict | None],
+def _remux(targets: tuple[str, ...], src: Path, dst: Path, kept: tuple[Track | None, Track | None],
            limits: Limits) -> Muxing:
-    """Stream-copy the kept streams into the first of ``targets`` whose muxer takes their codecs;
-    ``corrupt`` when none does, or when the copy lacks a stream that was kept."""
-    video, _ = streams
-    indexes = [s["index"] for s in streams if s is not None]
+    """Stream-copy the kept tracks into the first of ``targets`` whose muxer takes their codecs;
+    ``corrupt`` when none does, or when the copy lacks a track that was kept."""
+    video, _ = kept
     for attempt, name in enumerate(targets):
         target = _muxing_for(name, video is not None)
         try:
-            run_tool(remux_args(src, dst, target, indexes), limits, what="remuxing")
+            run_tool(remux_args(src, dst, target, stream_ids(kept)), limits, what="remuxing")
             break
         except SanitizeError as e:
             # a muxer refusing a codec exits non-zero like a bad input does; the next one may take it
             if e.code != "corrupt" or attempt == len(targets) - 1:
                 raise
-    _check_copy(dst, streams, limits)
+    _check_copy(dst, kept)
     return target
 
 
-def _check_copy(dst: Path, streams: tuple[dict | None, dict | None], limits: Limits) -> None:
-    """``corrupt`` when the copy lacks a stream that was kept; ``tool_failed`` when its rotation changed."""
-    video, audio = streams
-    # the verifier asks ffprobe the same of the same bytes next (av_inspect): this answer serves both
-    copy_video, copy_audio = pick_streams(ffprobe(dst, limits, DEMUXER, share=True))
+def stream_ids(kept: tuple[Track | None, ...]) -> list[str]:
+    """ffmpeg's specifiers of the kept tracks: by stream id, the track_ID the demuxer gives each."""
+    return [f"i:{track.track_id}" for track in kept if track is not None]
+
+
+def _check_copy(dst: Path, kept: tuple[Track | None, Track | None]) -> None:
+    """``corrupt`` when the copy lacks a track that was kept; ``tool_failed`` when its rotation changed."""
+    video, audio = kept
+    copy = describe(dst)
+    copy_video, copy_audio = copy.first(b"vide"), copy.first(b"soun")
     if (copy_video is None) != (video is None) or (copy_audio is None) != (audio is None):
         # ffmpeg writes a stream only once it has a packet of it: none means no frame was readable
         raise corrupt("ffmpeg could not copy every kept stream (no readable frames)")
-    if rotation(copy_video) != rotation(video):
-        raise SanitizeError("tool_failed", f"rotation {rotation(video)} became {rotation(copy_video)} in the copy")
+    if video is not None and copy_video.rotation != video.rotation:
+        raise SanitizeError("tool_failed", f"rotation {video.rotation} became {copy_video.rotation} in the copy")
 
 
-def keyframe_times(src: Path, probe: dict, video: dict | None) -> list[float] | None:
-    """The kept video's keyframe times on ffmpeg's ``-ss`` clock (seconds after the file's start
-    time), so that the decode sample decodes no frame twice; None when unknown (no video, an
-    uncertain timeline: the decode sample then uses its plain windows)."""
-    if video is None:
-        return None
-    times = sync_times(src, video["index"])
-    try:
-        start = float((probe.get("format") or {}).get("start_time") or 0)
-    except (TypeError, ValueError):
-        return None
-    return None if times is None else [t - start for t in times]
+def check_movie_limits(movie: Movie, limits: Limits) -> None:
+    streams = len(movie.tracks) + movie.covers
+    if streams > limits.max_streams:
+        raise too_large(f"{streams} streams, over the limit of {limits.max_streams}")
+    if movie.duration > limits.max_duration_s:
+        raise too_large(f"{movie.duration:.0f} s long, over the limit of {limits.max_duration_s:.0f} s")
 
 
 def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limits: Limits) -> Rebuilt:
@@ -196,45 +199,43 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     (``wave``/``frma``, ``chan``) that readers show as tags, and MP4 plays everywhere.
     """
     source = structure_report(src)
-    # the verifier asks the same of the same input for its byte proof (av_inspect): one run serves both
-    probe = ffprobe(src, limits, DEMUXER, share=True)
-    check_limits(probe, limits)
-    video, audio = pick_streams(probe)
+    # our own walk answers what ffprobe was started for (tracks, codecs, duration, rotation)
+    movie = describe(src)
+    check_movie_limits(movie, limits)
+    video, audio = movie.first(b"vide"), movie.first(b"soun")
     if video is None and audio is None:
         raise unsupported("no video or audio stream to keep")
     # a broken input is refused here, so that a copy that does not decode is our fault alone
     # (a file cut short: ffmpeg says "partial file" for each sample past its end, which the copy
     # leaves out; with samples missing there is no byte proof, so the verifier decodes the copy)
-    indexes = [s["index"] for s in (video, audio) if s is not None]
-    sample = {"duration": probe_duration(probe), "demuxer": DEMUXER, "indexes": indexes,
-              "cut_short": source.media_missing, "keyframes": keyframe_times(src, probe, video)}
+    kept = (video, audio)
+    keyframes_only = video is not None and video.codec in KEYFRAME_SAMPLE_CODECS
+    whole = (keyframes_only and movie.duration <= WHOLE_SAMPLE_SECONDS
+             and video.sync_samples is not None and video.sync_samples <= WHOLE_SAMPLE_KEYFRAMES)
+    sample = {"duration": movie.duration, "demuxer": DEMUXER, "indexes": stream_ids(kept),
+              "cut_short": source.media_missing, "keyframes_only": keyframes_only, "whole": whole}
     first = _muxing_for(targets[0], video is not None)
     # the usual case in one ffmpeg run: the copy into the first target and the input's decode sample;
     # when that run fails or logs anything, the two run apart, as each alone says what failed: an
     # input that does not decode is corrupt (raised here), a muxer that refuses a codec passes to
     # the next target
-    copied = copy_and_decode_sample(remux_args(src, dst, first, indexes), src, limits, **sample)
+    copied = copy_and_decode_sample(remux_args(src, dst, first, stream_ids(kept)), src, limits, **sample)
     if not copied:
         decode_sample(src, limits, what="checking the input", **sample)
     try:
         if copied:
-            _check_copy(dst, (video, audio), limits)
+            _check_copy(dst, kept)
             target = first
         else:
-            target = _remux(targets, src, dst, (video, audio), limits)
+            target = _remux(targets, src, dst, kept, limits)
     except SanitizeError as refusal:
         if refusal.code != "corrupt":
             raise
-        return neutralise_fallback(name, src, dst, refusal, source, (video, audio), limits)
+        return neutralise_fallback(name, src, dst, refusal, source, kept, limits)
 
     removed = sorted(source.metadata)
-    dropped = [s for s in probe.get("streams") or [] if s.get("index") not in indexes]
-    removed += [f"{'cover picture' if is_cover(s) else s.get('codec_type', 'unknown') + ' stream'} "
-                f"{s.get('codec_tag_string') or s.get('codec_name') or ''}".strip() for s in dropped]
-    if probe.get("chapters"):
-        removed.append(f"{len(probe['chapters'])} chapters")
-    if (probe.get("format") or {}).get("tags"):
-        removed.append("container tags")
+    removed += [track.label() for track in movie.tracks if track not in kept]
+    removed += ["cover picture"] * movie.covers
     return Rebuilt(format=target.format_name, media_type=target.media_type, extension=target.extension,
                    removed=tuple(removed))
 
@@ -439,7 +440,7 @@ def apply_plan(path: Path, plan: Plan) -> None:
 
 
 def neutralise_fallback(name: str, src: Path, dst: Path, refusal: SanitizeError, source: Source,
-                        streams: tuple[dict | None, dict | None], limits: Limits) -> Rebuilt:
+                        streams: tuple[Track | None, Track | None], limits: Limits) -> Rebuilt:
     """The neutralised copy of ``src`` when ffmpeg refused it; ffmpeg's refusal stands (with the
     reason added) unless the copy is clean to the verifier's walk and ffprobe sees the kept streams."""
     try:
@@ -450,7 +451,7 @@ def neutralise_fallback(name: str, src: Path, dst: Path, refusal: SanitizeError,
             from None
 
 
-def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[dict | None, dict | None],
+def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[Track | None, Track | None],
                 limits: Limits) -> Rebuilt:
     from worker.formats.av.isobmff import classify     # isobmff imports this module; the copy is judged as identify will
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 # brands of still images (the heif module's) and other non-AV ISO-BMFF files: never ours
 IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
                           b"mif2", b"msf1", b"avif", b"avis", b"avio", b"jpeg", b"jpgs", b"crx ", b"jp2 ",
-                          b"jpx ", b"jpm ", b"mjp2", b"mj2s", b"heif", b"miaf", b"vvic"})
+                          b"jpx ", b"jpm ", b"mjp2", b"mj2s", b"heif", b"miaf", b"vvic", b"MiHE"})
 QUICKTIME_BRANDS = frozenset({b"qt  "})
 AUDIO_BRANDS = frozenset({b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "})
 MP4_BRANDS = frozenset({b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9",

@@ -7,7 +7,7 @@ handler, its sample entry codes, its sample sizes (``stsz``/``stz2``) and a SHA-
 samples concatenated in decode order (chunk by chunk: ``stco``/``co64`` offsets, ``stsc`` samples
 per chunk, ``stsz`` sizes), read in bounded blocks. ``differences`` then requires every track of
 the copy to be, by codec, sizes and hash, the input track the rebuild kept; with identical decoder
-configuration (ffprobe's description of the kept stream, extradata hashed, compared by the caller)
+configuration (compared by the caller: ``av_inspect``, with ``movie``'s reading of both files)
 identical bytes decode to identical frames, so the copy needs no decode of its own: the input's
 decode sample (``av_rebuild``) already showed those very bytes decode.
 
@@ -141,10 +141,20 @@ def _provable(track: Track) -> bool:
     return track.complete and track.count > 0 and len(track.codecs) == 1 and plain_sizes
 
 
+# sample entry codes the MP4 muxer writes under another name: Motion JPEG from a QuickTime movie
+# becomes 'mp4v' (MPEG-4 systems' object type for JPEG); which codec that is, ffprobe then says
+# (the caller compares the decoder configuration of both: codec name included)
+RENAMED_BY_MP4 = {b"jpeg": b"mp4v", b"mjpa": b"mp4v", b"AVDJ": b"mp4v", b"dmb1": b"mp4v"}
+
+
+def _renamed(kept: tuple[bytes, ...], copy: tuple[bytes, ...]) -> bool:
+    return len(kept) == len(copy) == 1 and RENAMED_BY_MP4.get(kept[0]) == copy[0]
+
+
 def _same_samples(kept: Track, copy: Track) -> str | None:
     """Why the copy's track is not the input's kept track, or None when it is, byte for byte."""
     label = kept.handler.decode("latin-1")
-    if copy.codecs != kept.codecs:
+    if copy.codecs != kept.codecs and not _renamed(kept.codecs, copy.codecs):
         return f"the copy's {label} track is coded as {copy.codecs!r}, the input's as {kept.codecs!r}"
     if not copy.complete:
         return f"the copy's {label} track lists samples past the end of the copy"
@@ -165,9 +175,9 @@ def _same_samples(kept: Track, copy: Track) -> str | None:
 
 
 def kept_tracks(source_tracks: list[Track], kept: dict[str, int]) -> dict[bytes, Track] | None:
-    """The input's tracks the rebuild kept, by handler, from ffprobe's stream indexes (``kept``:
-    codec type -> index; the QuickTime demuxer numbers one stream per ``trak`` in file order, cover
-    art from tags after them); None when one is not a plainly provable track of the right kind."""
+    """The input's tracks the rebuild kept, by handler, from their places among the traks (``kept``:
+    codec type -> index in file order, as ``movie`` numbers them); None when one is not a plainly
+    provable track of the right kind."""
     chosen: dict[bytes, Track] = {}
     for kind, index in kept.items():
         if not 0 <= index < len(source_tracks):
@@ -183,7 +193,7 @@ def differences(source: Path, copy: Path, kept: dict[str, int]) -> list[str] | N
     """Findings when the copy's tracks are not the input's kept tracks byte for byte; empty when
     proved; None when the input gives no proof (the copy must then be decoded instead).
 
-    ``kept``: the input's ffprobe stream index of each kept stream, by codec type."""
+    ``kept``: the place among the input's traks of each kept track, by codec type."""
     try:
         chosen = kept_tracks(tracks(source), kept)
     except SanitizeError:
