@@ -14,8 +14,8 @@ everything from there on is dropped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from worker.errors import SanitizeError, too_large, truncated
 from worker.formats.av.audio_inspect import check_frames_decode, mapped_file, reader_findings, write_range
@@ -25,8 +25,7 @@ from worker.location import Found
 FRAME_SECONDS = 0.02
 
 
-@dataclass(frozen=True)
-class Variant:
+class Variant(NamedTuple):
     magic: bytes
     # frame type -> bytes of the whole frame (TOC included); types missing are reserved
     frame_bytes: dict[int, int]

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import mmap
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from worker.errors import SanitizeError, too_large
 from worker.formats.base import Limits
@@ -68,8 +67,7 @@ def write_range(out, data, start: int, stop: int) -> None:
         start = end
 
 
-@dataclass(frozen=True)
-class CopyWalk:
+class CopyWalk(NamedTuple):
     """What a format's walk of a copy says: its findings, and the seconds of audio it counted (None
     when the format does not say), which place the verifier's decode sample."""
     findings: list[str]

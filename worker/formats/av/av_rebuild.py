@@ -28,9 +28,8 @@ upload cut short, odd sample tables).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
 from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, pick_streams, vendor_field
@@ -59,8 +58,7 @@ WHOLE_SAMPLE_SECONDS = 60.0
 WHOLE_SAMPLE_KEYFRAMES = 20
 
 
-@dataclass(frozen=True)
-class Muxing:
+class Muxing(NamedTuple):
     format_name: str      # the Format.name of the copy
     muxer: str            # ffmpeg's -f
     media_type: str
@@ -80,8 +78,7 @@ def check_limits(probe: dict, limits: Limits) -> None:
         raise too_large(f"{duration:.0f} s long, over the limit of {limits.max_duration_s:.0f} s")
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """What a walk of the source found before any tool ran."""
 
     metadata: frozenset[str]       # names of the metadata boxes it holds
@@ -271,15 +268,15 @@ KEPT_TRACKS = (b"vide", b"soun")
 COMPRESSOR_NAME = (50, 82)     # bytes of a visual sample entry, from its start
 
 
-@dataclass
 class Plan:
     """What neutralising one file does: boxes turned into zeroed ``free``, byte ranges zeroed."""
 
-    blank: list[Box] = field(default_factory=list)
-    zero: list[tuple[int, int]] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    tracks: list[tuple[bytes, Box]] = field(default_factory=list)    # kept (handler, stbl)
-    patch: list[tuple[int, bytes]] = field(default_factory=list)      # bytes rewritten in place (ftyp brands)
+    def __init__(self) -> None:
+        self.blank: list[Box] = []
+        self.zero: list[tuple[int, int]] = []
+        self.removed: list[str] = []
+        self.tracks: list[tuple[bytes, Box]] = []        # kept (handler, stbl)
+        self.patch: list[tuple[int, bytes]] = []         # bytes rewritten in place (ftyp brands)
 
     def drop(self, box: Box, label: str | None = None) -> None:
         self.blank.append(box)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from worker.errors import corrupt
 from worker.formats.walkers.boxes import Box, file_size, iter_boxes, media_extent, read_payload, walk
@@ -38,8 +37,7 @@ MAX_CONFIG = 1 << 20
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-@dataclass(frozen=True)
-class Track:
+class Track(NamedTuple):
     index: int                  # its place among the traks (ffmpeg's stream number for it)
     track_id: int               # tkhd track_ID (ffmpeg's stream id)
     handler: bytes              # mdia/hdlr handler type: b"vide", b"soun", b"meta", …
@@ -58,8 +56,7 @@ class Track:
         return f"{self.kind} stream {self.codec.decode('latin-1').strip()}".strip()
 
 
-@dataclass(frozen=True)
-class Movie:
+class Movie(NamedTuple):
     tracks: tuple[Track, ...]
     duration: float             # seconds: mvhd's, else the longest track's
     covers: int                 # cover pictures in the tags (ffprobe shows each as a stream)

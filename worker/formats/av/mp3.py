@@ -44,8 +44,8 @@ from __future__ import annotations
 import functools
 import io
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from worker.errors import corrupt, too_large, truncated, unsupported
 from worker.formats.av.audio_inspect import (CopyWalk, check_frames_decode, inspect_copy, mapped_file, release,
@@ -88,8 +88,7 @@ MAX_FALSE_SYNCS = 4096
 FIRST_FRAME_SEARCH = 64 * 1024
 
 
-@dataclass(frozen=True)
-class FrameHeader:
+class FrameHeader(NamedTuple):
     version: str            # "1", "2" or "2.5"
     layer: int              # 1, 2 or 3
     sample_rate: int
@@ -224,8 +223,7 @@ def _byte_class(values) -> bytes:
     return b"[" + b"".join(b"\\x%02x" % a if a == b else b"\\x%02x-\\x%02x" % (a, b) for a, b in ranges) + b"]"
 
 
-@dataclass(frozen=True)
-class StreamPatterns:
+class StreamPatterns(NamedTuple):
     run: re.Pattern       # whole frames of the stream back to back, each followed by a header of it
     frame: re.Pattern     # one whole frame; its empty group lets findall count frames without copying them
 
@@ -300,13 +298,12 @@ def accept(head: bytes) -> bool:
     return any(frame_header(head, p) is not None for p in range(pos, limit - 3))
 
 
-@dataclass
-class Scan:
+class Scan(NamedTuple):
     frames: list[tuple[int, int]]     # [start, end) byte ranges of kept frames, merged where contiguous
     removed: list[str]
-    blanked: list[tuple[int, int]] = field(default_factory=list)  # [start, end) written as zeros: LAME extensions
-    samples: int = 0
-    sample_rate: int = 0
+    blanked: list[tuple[int, int]]    # [start, end) written as zeros: LAME extensions
+    samples: int
+    sample_rate: int
 
 
 def _describe_id3v2(raw: bytes) -> str:

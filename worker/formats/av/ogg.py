@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from worker.errors import SanitizeError, corrupt, too_large, truncated, unsupported
 from worker.formats.av.audio_inspect import (CopyWalk, check_frames_decode, mapped_file, reader_findings, release,
@@ -45,8 +44,7 @@ FLAC_LAST_BLOCK = 0x80
 EMPTY_FLAC_COMMENT_BLOCK = bytes([FLAC_VORBIS_COMMENT | FLAC_LAST_BLOCK]) + (8).to_bytes(3, "big") + struct.pack("<II", 0, 0)
 
 
-@dataclass(frozen=True)
-class Codec:
+class Codec(NamedTuple):
     name: str
     media_type: str
     extension: str
@@ -60,8 +58,7 @@ CODECS = (
 )
 
 
-@dataclass(frozen=True)
-class Page:
+class Page(NamedTuple):
     offset: int
     flags: int
     granule: int                # the granule position: samples up to the last packet ending here (-1: none ends here)

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import struct
 from array import array
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from worker.errors import SanitizeError, corrupt
 from worker.formats.walkers.boxes import (MAX_TABLE, Box, chunk_offsets, file_size, iter_boxes, read_payload,
@@ -41,8 +40,7 @@ DECODER_FIELDS = ("codec_name", "profile", "width", "height", "pix_fmt", "sample
                   "extradata_size", "extradata_hash")
 
 
-@dataclass(frozen=True)
-class Track:
+class Track(NamedTuple):
     """One ``trak`` as its own sample tables describe it."""
 
     handler: bytes                  # mdia/hdlr handler type: b"vide", b"soun", …

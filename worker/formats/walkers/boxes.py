@@ -10,8 +10,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, NamedTuple
 
 from worker.errors import SanitizeError, corrupt, truncated
 
@@ -26,8 +25,7 @@ MAX_BOXES = 200_000
 MAX_TABLE = 64 << 20       # one sample table (stco, stsz, stsc): 16 million entries
 
 
-@dataclass(frozen=True)
-class Box:
+class Box(NamedTuple):
     type: bytes          # four bytes, e.g. b"moov", b"\xa9xyz"
     start: int           # offset of the size field
     header: int          # 8, or 16 with a largesize (uuid boxes: +16 for the extended type)
