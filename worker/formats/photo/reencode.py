@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
@@ -140,11 +142,79 @@ def estimated_quality(picture: Image.Image) -> int:
     return JPEG_QUALITIES[-1]
 
 
-def visually_equal(picture: Image.Image, data: bytes) -> bool:
-    """Whether the JPEG ``data`` decodes to ``picture`` within VISUALLY_EQUAL_DB: one decode, compared in strips."""
-    with Image.open(io.BytesIO(data)) as decoded:
+class _WatchedFeed(io.BytesIO):
+    """The copy's bytes as Pillow's JPEG loader reads them: ``between`` runs before each read, that
+    is after the decoder has taken the previous block and written every row it could from it."""
+
+    between: Callable[[], None] | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.between is not None:
+            self.between()
+        return super().read(size)
+
+
+def _streamed_squares(picture: Image.Image, decoded: Image.Image, feed: _WatchedFeed, rows: int = 64) -> float:
+    """Sum of squared RGB differences of ``picture`` and the RGB JPEG ``decoded`` (opened, not loaded),
+    compared while it decodes: the decoded copy is never whole in memory beside the picture.
+
+    Pillow's decoder writes into an anonymous map, which costs memory only where it is written;
+    every ``rows`` finished rows are compared and their pages given back, so the copy's decode
+    holds a few strips, not 4 bytes a pixel of a second full-size picture (48 MB at 12 MP). A row
+    is finished when the padding byte of its last pixel is 255: Pillow's RGB unpacking writes it
+    with the pixel, the map starts (and is given back) as zeros. Every row is compared, after the
+    decode has succeeded at the latest: what the padding byte says only moves comparisons earlier.
+    """
+    width, height = picture.size
+    stride = width * 4
+    # not closed here: the decoded image points into it until the caller closes that image
+    target = mmap.mmap(-1, stride * height)
+    pixels = memoryview(target)
+    squares = 0.0
+    done = compared = released = 0
+
+    def compare(upto: int) -> None:
+        nonlocal compared, released, squares
+        while compared < upto:
+            end = min(compared + rows, upto)
+            strip = Image.frombuffer("RGBX", (width, end - compared), pixels[compared * stride:end * stride],
+                                     "raw", "RGBX", 0, 1)
+            squares += _squared_error(picture.crop((0, compared, width, end)), strip.convert("RGB"))
+            compared = end
+        page_end = compared * stride // mmap.PAGESIZE * mmap.PAGESIZE
+        if page_end > released:
+            target.madvise(mmap.MADV_DONTNEED, released, page_end - released)
+            released = page_end
+
+    def between() -> None:
+        nonlocal done
+        while done < height and target[done * stride + stride - 1] == 255:
+            done += 1
+        if done - compared >= rows:
+            compare(done - (done - compared) % rows)
+
+    decoded.im = Image.frombuffer("RGBX", (width, height), target, "raw", "RGBX", 0, 1).im
+    feed.between = between
+    try:
         decoded.load()
-        return decoded.size == picture.size and psnr(picture, decoded) >= VISUALLY_EQUAL_DB
+    finally:
+        feed.between = None
+    compare(height)
+    return squares
+
+
+def visually_equal(picture: Image.Image, data: bytes) -> bool:
+    """Whether the JPEG ``data`` decodes to ``picture`` within VISUALLY_EQUAL_DB: one full decode,
+    compared in strips (as it decodes, for RGB: ``_streamed_squares``)."""
+    feed = _WatchedFeed(data)
+    with Image.open(feed) as decoded:
+        if decoded.size != picture.size:
+            return False
+        if decoded.mode == picture.mode == "RGB" and decoded.format == "JPEG" and len(decoded.tile) == 1:
+            squares = _streamed_squares(picture, decoded, feed)
+            return _to_db(squares, picture.width * picture.height * 3) >= VISUALLY_EQUAL_DB
+        decoded.load()
+        return psnr(picture, decoded) >= VISUALLY_EQUAL_DB
 
 
 def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
