@@ -200,13 +200,16 @@ def locate_heic(path: Path, limits: Limits) -> Found:
     """Every top-level image's Exif and XMP items, primary first (it wins a tie)."""
     from pillow_heif import open_heif
 
-    try:
-        heif = open_heif(path, convert_hdr_to_8bit=True)
-    except (SyntaxError, ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError) as e:
-        raise decoder_error("HEIF container", e) from None
-    primary = heif.primary_index
-    order = [primary] + [i for i in range(len(heif)) if i != primary]
-    return choose([found_in(*metadata_of(heif[i])) for i in order])
+    # read lazily (as pillow-heif's Pillow plugin does): the container and the metadata items, not
+    # the whole file, whose 8.5 MB (12 MP) would otherwise stay in the heap under the decode's peak
+    with open(path, "rb") as f:
+        try:
+            heif = open_heif(f, convert_hdr_to_8bit=True, lazy_read=True, filename=str(path))
+        except (SyntaxError, ValueError, TypeError, KeyError, RuntimeError, EOFError, OSError) as e:
+            raise decoder_error("HEIF container", e) from None
+        primary = heif.primary_index
+        order = [primary] + [i for i in range(len(heif)) if i != primary]
+        return choose([found_in(*metadata_of(heif[i])) for i in order])
 
 
 def locate_avif(path: Path, limits: Limits) -> Found:
