@@ -310,13 +310,14 @@ def decoded_heic(image: Image.Image) -> Image.Image:
     decoder = Image._getdecoder(image.mode, "raw", (frame.mode, stride, 1))
     try:
         decoder.setimage(picture.im, None)
-        status = err = 0
         for top in range(0, height, COPY_ROWS):
             end = min(top + COPY_ROWS, height)
             status, err = decoder.decode(data[top * stride:end * stride])
+            # whole rows in, whole rows taken (the last run completes the picture: -1); only then
+            # are their pages given back
+            if err != 0 or status != ((end - top) * stride if end < height else -1):
+                raise ValueError("libheif's buffer does not fill the picture")
             release(end * stride)
-        if status >= 0 or err != 0:
-            raise ValueError("libheif's buffer does not fill the picture")
     finally:
         decoder.cleanup()
     picture.info = dict(image.info)
