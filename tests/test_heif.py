@@ -233,6 +233,46 @@ def test_the_full_check_refuses_a_bad_encode_and_accepts_a_good_one():
     assert not visually_equal(reference, encode_jpeg(damaged, 100, None))
 
 
+def test_the_check_as_it_decodes_measures_what_a_full_decode_measures(tmp_path):
+    """The copy is compared strip by strip while Pillow decodes it (never whole beside the picture):
+    the same squares, to the bit, as the full decode compared in strips; from bytes or its file."""
+    import io
+
+    from worker.formats.photo.reencode import (_streamed_squares, _to_db, _WatchedBytes, encode_jpeg, psnr,
+                                               visually_equal)
+    reference = noisy_picture((700, 530))   # rows not a multiple of a strip, width not of a page
+    for quality in (60, 97):
+        data = encode_jpeg(reference, quality, None)
+        with Image.open(io.BytesIO(data)) as whole:
+            whole.load()
+            expected = psnr(reference, whole)
+        feed = _WatchedBytes(data)
+        with Image.open(feed) as decoded:
+            assert _to_db(_streamed_squares(reference, decoded, feed, rows=16), 700 * 530 * 3) == expected
+        (tmp_path / "copy.jpg").write_bytes(data)
+        assert visually_equal(reference, tmp_path / "copy.jpg") == visually_equal(reference, data) == (expected >= 41)
+
+
+def test_the_heic_is_copied_into_pillow_as_the_plugin_loads_it(tmp_path):
+    """``decoded_heic`` copies libheif's buffer in strips and gives its pages back behind it: the
+    picture is the plugin's own, pixel for pixel, for odd sizes, grey and alpha."""
+    import pillow_heif
+
+    from worker.formats.photo.heif import COPY_ROWS, decoded_heic, open_heic
+    pillow_heif.register_heif_opener()
+    for mode, size in (("RGB", (1001, 2 * COPY_ROWS + 77)), ("L", (257, 129)), ("RGBA", (64, 640)), ("RGB", (3, 5))):
+        noise = Image.effect_noise(size, 60)
+        source = Image.merge("RGBA", [noise] * 4) if mode == "RGBA" else noise.convert(mode)
+        path = tmp_path / f"{mode}-{size[0]}.heic"
+        source.save(path, quality=90)
+        with open_heic(path) as image:
+            copied = decoded_heic(image)
+        with Image.open(path) as image:
+            image.load()
+            assert (copied.mode, copied.size) == (image.mode, image.size)
+            assert copied.tobytes() == image.tobytes()
+
+
 def test_the_estimate_picks_a_higher_quality_only_where_the_picture_needs_it():
     from worker.formats.photo.reencode import JPEG_QUALITIES, estimated_quality
     smooth = picture((1200, 900))

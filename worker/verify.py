@@ -22,7 +22,7 @@ from pathlib import Path
 from worker import formats, icc
 from worker.errors import SanitizeError, verify_failed
 from worker.formats.base import Rebuilt
-from worker.formats.photo import file_bytes
+from worker.formats.photo import file_bytes, forget_file
 from worker.formats.photo.proof import IMAGE_PROOFS, differences
 
 # Pillow `info` keys that are pure rendering data; anything else in `info` is a finding.
@@ -190,6 +190,7 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source
             findings += pillow_header_findings(path, fmt.name, copy)
             findings += differences(fmt.name, file_bytes(source), copy)
         else:
+            forget_file(path)   # its walk (inspect) is done; the decode reads the file on its own
             findings += pillow_findings(path)
     if findings:
         raise verify_failed("the copy still holds: " + "; ".join(findings[:10]))

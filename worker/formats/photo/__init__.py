@@ -60,6 +60,13 @@ def release_read() -> None:
             del reads[what]
 
 
+def forget_file(path: Path) -> None:
+    """Forget what was read of ``path``: the verifier calls it when a copy's walk is done and a
+    full decode follows, which reads the file itself (an 11 MB JPEG copy need not sit beside it)."""
+    for key in [k for k in _READS if k[0] == str(path)]:
+        del _READS[key]
+
+
 def release_file() -> None:
     """Forget everything read: the sanitizer calls it when an upload is done."""
     _READS.clear()
