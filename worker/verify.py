@@ -197,7 +197,7 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source
 
 def _copied_losslessly(source: Path, rebuilt: Rebuilt, source_format: str | None = None) -> bool:
     """Whether the copy is the input's own coded image data: same format, a lossless family, no salvage."""
-    if getattr(rebuilt, "salvage_reason", None) or rebuilt.format not in IMAGE_PROOFS:
+    if rebuilt.salvage_reason is not None or rebuilt.format not in IMAGE_PROOFS:
         return False
     if source_format is not None:
         return source_format == rebuilt.format
