@@ -1,0 +1,62 @@
+"""worker/batch.py's forked workers: input order, every input once, and a worker that dies costs one input."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from fixtures.jpeg import android_phone_jpeg, iphone_like_jpeg
+from worker import batch
+from worker.formats.base import Limits
+
+
+def photos(folder: Path, n: int) -> list[Path]:
+    (folder / "out").mkdir()   # the CLI makes --out before the batch starts
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:02d}-{'a' if i % 2 else 'b'}.jpg"
+        (android_phone_jpeg if i % 2 else iphone_like_jpeg)(path)
+        paths.append(path)
+    return paths
+
+
+def test_more_inputs_than_workers_come_back_once_each_in_input_order(tmp_path):
+    inputs = photos(tmp_path, 9) + [tmp_path / "missing.jpg"]
+    reports = list(batch.sanitize_many(inputs, tmp_path / "out", Limits(), jobs=3))
+    assert [r["input"] for r in reports] == [str(p) for p in inputs]
+    assert [r["status"] for r in reports] == ["sanitized"] * 9 + ["rejected"]
+    assert len({r["output"] for r in reports[:9]}) == 9
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_worker_that_dies_fails_its_own_input_and_the_others_finish(tmp_path, monkeypatch):
+    """A crash inside a decoder (a signal, not an exception) takes one worker down: its input is
+    reported failed, a new worker takes over, and no other input is lost or reordered."""
+    inputs = photos(tmp_path, 6)
+    doomed = inputs[2]
+    sanitize_one = batch.sanitize_one
+
+    def crashing(path: Path, dst_stem: Path, limits: Limits) -> dict:
+        if path == doomed:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return sanitize_one(path, dst_stem, limits)
+
+    monkeypatch.setattr(batch, "sanitize_one", crashing)   # the forked workers inherit it
+    reports = list(batch.sanitize_many(inputs, tmp_path / "out", Limits(), jobs=2))
+    assert [r["input"] for r in reports] == [str(p) for p in inputs]
+    assert [r["status"] for r in reports] == ["sanitized"] * 2 + ["failed"] + ["sanitized"] * 3
+    assert reports[2]["error"]["code"] == "internal" and "signal 9" in reports[2]["error"]["message"]
+    assert reports[2]["output"] is None
+
+
+def test_a_batch_left_early_ends_its_workers(tmp_path):
+    inputs = photos(tmp_path, 6)
+    reports = batch.sanitize_many(inputs, tmp_path / "out", Limits(), jobs=2)
+    assert next(reports)["status"] == "sanitized"
+    reports.close()   # the consumer stopped (a closed stdout): the workers are told to stop and are reaped
+    assert not _children_of(os.getpid())
+
+
+def _children_of(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in children.read_text().split()] if children.exists() else []
