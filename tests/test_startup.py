@@ -124,6 +124,33 @@ def test_help_is_the_one_definition_whichever_way_it_is_reached(tmp_path):
     assert usage.returncode == 2 and "--out" in usage.stderr
 
 
+USUAL_CALLS = [
+    ["a.jpg", "--out", "o"], ["--json", "--out", "o", "a.jpg", "b.mp4"], ["a.jpg", "b.jpg", "--json", "--out", "o"],
+    ["--jobs", "3", "a.jpg", "--out", "o"], ["-j", "1", "--out", "o", "--json", "a"], ["--out", "o", "--out", "p", "a"],
+    ["-j", "2", "-j", "04", "--out", "o", "", "a"], ["--out", "o", "--json", "--json", "a"],
+]
+# argparse's to read: help, mistakes, abbreviations, other spellings, things that look like options
+OTHER_CALLS = [
+    ["--help"], ["a.jpg"], ["--out", "o"], ["a", "--out", "o", "b"], ["a", "--out"], ["--out=o", "a"],
+    ["-j2", "--out", "o", "a"], ["--js", "--out", "o", "a"], ["--ou", "o", "a"], ["-j", "0", "--out", "o", "a"],
+    ["-j", "x", "--out", "o", "a"], ["-j", "\u0663", "--out", "o", "a"], ["-j", " 3", "--out", "o", "a"],
+    ["--out", "-5", "a"], ["--out", "o", "-5"], ["--out", "o", "-"], ["--out", "o", "--", "-a"],
+    ["--out", "o", "a", "--bogus"],
+]
+
+
+@pytest.mark.parametrize("argv", USUAL_CALLS + OTHER_CALLS)
+def test_the_usual_call_is_read_as_argparse_reads_it(argv):
+    """``common_call`` reads the usual call without building the parser, exactly as argparse reads
+    it; everything else it leaves to argparse (help, usage errors, the other spellings)."""
+    from worker.cli_sanitize import common_call, parser
+
+    fast = common_call(argv)
+    assert (fast is not None) == (argv in USUAL_CALLS)
+    if fast is not None:
+        assert {name: getattr(fast, name) for name in fast.__slots__} == vars(parser().parse_args(argv))
+
+
 def sample_files(folder: Path) -> list[Path]:
     """One file of every kind the fixtures make, the hostile corpus, and the real-device corpus."""
     from fixtures import audio, heif, hostile, jpeg, lossless, video, webm

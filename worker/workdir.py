@@ -85,7 +85,16 @@ def process_folder(root: Path) -> Path:
 
 
 def _remove_tree(path: Path) -> None:
-    # shutil imported here: at import it loads bz2 and lzma, a fiftieth of a one-file run's start (#10)
+    # a process folder as a `mediasan sanitize` leaves it (an empty tmp/) goes without shutil, whose
+    # import loads bz2 and lzma, a fiftieth of a one-file run's start (#10); anything else with it
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                os.rmdir(entry.path)   # an empty folder; anything else raises
+        os.rmdir(path)
+        return
+    except OSError:
+        pass
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
