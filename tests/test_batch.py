@@ -29,15 +29,17 @@ def test_more_inputs_than_workers_come_back_once_each_in_input_order(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".partial")]
 
 
-def test_a_worker_that_dies_fails_its_own_input_and_the_others_finish(tmp_path, monkeypatch):
-    """A crash inside a decoder (a signal, not an exception) takes one worker down: its input is
-    reported failed, a new worker takes over, and no other input is lost or reordered."""
+def test_an_input_that_kills_its_workers_fails_and_the_others_finish(tmp_path, monkeypatch):
+    """A crash inside a decoder (a signal, not an exception) takes its worker down, and the one
+    that tries the input again: the input is reported failed, its unverified copy is gone, new
+    workers take over, and no other input is lost or reordered."""
     inputs = photos(tmp_path, 6)
     doomed = inputs[2]
     sanitize_one = batch.sanitize_one
 
     def crashing(path: Path, dst_stem: Path, limits: Limits) -> dict:
         if path == doomed:
+            (tmp_path / "out" / f"{doomed.stem}.partial").write_bytes(b"half a copy")
             os.kill(os.getpid(), signal.SIGKILL)
         return sanitize_one(path, dst_stem, limits)
 
@@ -47,6 +49,27 @@ def test_a_worker_that_dies_fails_its_own_input_and_the_others_finish(tmp_path, 
     assert [r["status"] for r in reports] == ["sanitized"] * 2 + ["failed"] + ["sanitized"] * 3
     assert reports[2]["error"]["code"] == "internal" and "signal 9" in reports[2]["error"]["message"]
     assert reports[2]["output"] is None
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".jpg"] * 5
+
+
+def test_a_worker_that_dies_between_inputs_loses_none(tmp_path, monkeypatch):
+    """A worker gone right after sending a report (its next input cannot even be handed to it):
+    the report counts, and its next input goes to a new worker."""
+    inputs = photos(tmp_path, 6)
+    parent, write_all = os.getpid(), batch._write_all
+
+    def dying_after_second_report(fd: int, data: bytes) -> None:
+        write_all(fd, data)
+        if os.getpid() != parent:
+            sent = getattr(dying_after_second_report, "sent", 0) + 1
+            dying_after_second_report.sent = sent
+            if sent == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(batch, "_write_all", dying_after_second_report)
+    reports = list(batch.sanitize_many(inputs, tmp_path / "out", Limits(), jobs=2))
+    assert [r["input"] for r in reports] == [str(p) for p in inputs]
+    assert [r["status"] for r in reports] == ["sanitized"] * 6
 
 
 def test_a_batch_left_early_ends_its_workers(tmp_path):

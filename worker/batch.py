@@ -6,10 +6,14 @@ report comes back as the JSON contract's dict, in the order the inputs were give
 
 The workers are plain ``os.fork`` children, each fed one input index at a time through a pipe and
 answering with the pickled report through another: a worker that finishes gets the next input, so
-a slow video never holds a queue of small photos. This is what ProcessPoolExecutor did, without
-its import (concurrent.futures and multiprocessing: a tenth of the start of a batch), its feeder and
-manager threads, and its per-task pickling of the arguments, which together cost a batch of small
-JPEGs a third more CPU than sanitizing them in one process (#10).
+a slow video never holds a queue of small photos. That is what the ProcessPoolExecutor here did,
+without its import (concurrent.futures and multiprocessing: a tenth of the start of a batch), its
+feeder and manager threads and its per-task pickling of the arguments, which together cost a batch
+of small JPEGs a third more CPU than sanitizing them in one process (#10).
+
+A worker that dies (a decoder's crash, a kill) is replaced, and the input it held is tried once
+more on another worker: a second death reports it failed, and its unverified ``.partial`` copy is
+removed. (The pool ended the whole batch with BrokenProcessPool.)
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from worker.formats.base import Limits
 
 _INDEX = struct.Struct(">I")    # an input's index, parent to worker
 _LENGTH = struct.Struct(">I")   # the length of the pickled report that follows, worker to parent
+_READABLE = 0x001 | 0x008 | 0x010   # POLLIN | POLLERR | POLLHUP: a report, or the worker is gone
 
 
 def default_jobs() -> int:
@@ -85,6 +90,9 @@ class _Workers:
         self.paths, self.stems, self.limits = paths, stems, limits
         self.by_fd: dict[int, _Worker] = {}     # result pipe -> worker
         self.next = 0                           # the next input no worker has been given
+        self.again: list[int] = []              # inputs whose worker died: each is tried once more
+        self.retried: set[int] = set()
+        self.poller = None                      # select.poll() of the result pipes, made in reports()
 
     def reports(self, jobs: int) -> Iterator[dict]:
         import pickle
@@ -93,6 +101,7 @@ class _Workers:
         # imported once here, before the fork, rather than once in every worker
         import worker.sanitizer  # noqa: F401
 
+        self.poller = select.poll()   # poll, not select: no limit on descriptor numbers
         done: dict[int, dict] = {}
         emitted = 0
         try:
@@ -103,15 +112,16 @@ class _Workers:
                     yield done.pop(emitted)
                     emitted += 1
                     continue
-                ready, _, _ = select.select(list(self.by_fd), [], [])
-                for fd in ready:
+                for fd, _event in self.poller.poll():
                     worker = self.by_fd[fd]
                     record = _read_record(fd)
-                    if record is None:      # the worker died: its input fails, a new worker takes the rest
+                    if record is None:      # the worker died; a new one takes over
                         self._reap(worker)
                         if worker.held is not None:
-                            done[worker.held] = self._died(worker)
-                        if self.next < len(self.paths):
+                            failed = self._died(worker)
+                            if failed is not None:
+                                done[worker.held] = failed
+                        if self.again or self.next < len(self.paths):
                             self._give(self._start())
                         continue
                     done[worker.held] = pickle.loads(record)
@@ -135,12 +145,19 @@ class _Workers:
                 os.close(results_r)
                 self._serve(tasks_r, results_w)
                 code = 0
+            except BrokenPipeError:
+                pass   # the parent stopped reading: the batch was abandoned
+            except Exception:
+                import traceback
+
+                traceback.print_exc()   # a fault of the worker itself (an input's is in its report)
             finally:
                 os._exit(code)
         os.close(tasks_r)
         os.close(results_w)
         worker = _Worker(pid, tasks_w, results_r)
         self.by_fd[results_r] = worker
+        self.poller.register(results_r, _READABLE)
         return worker
 
     def _serve(self, tasks: int, results: int) -> None:
@@ -156,13 +173,19 @@ class _Workers:
 
     def _give(self, worker: _Worker) -> None:
         """The next input to ``worker``; with none left, end of file on its task pipe tells it to exit."""
-        if self.next < len(self.paths):
+        if self.again:
+            worker.held = self.again.pop()
+        elif self.next < len(self.paths):
             worker.held = self.next
             self.next += 1
-            _write_all(worker.tasks, _INDEX.pack(worker.held))
         else:
             worker.held = None
             self._close_tasks(worker)
+            return
+        try:
+            _write_all(worker.tasks, _INDEX.pack(worker.held))
+        except BrokenPipeError:
+            pass   # it died after its last report: the end of file read next hands the input on
 
     def _close_tasks(self, worker: _Worker) -> None:
         if worker.tasks >= 0:
@@ -172,18 +195,28 @@ class _Workers:
     def _reap(self, worker: _Worker) -> None:
         self._close_tasks(worker)
         self.by_fd.pop(worker.results, None)
+        self.poller.unregister(worker.results)
         os.close(worker.results)
         _, worker.status = os.waitpid(worker.pid, 0)
 
-    def _died(self, worker: _Worker) -> dict:
+    def _died(self, worker: _Worker) -> dict | None:
+        """The failed report of the input a dead worker held; None the first time, when the input
+        is tried again on another worker (the worker may have died of something else: a kill, or
+        right after its last report, before it read this input)."""
         from worker.errors import SanitizeError
-        from worker.sanitizer import Report
+        from worker.sanitizer import Report, partial_path
 
-        path = self.paths[worker.held]
+        index = worker.held
+        # an unverified copy must not stay beside the verified ones
+        partial_path(self.stems[index]).unlink(missing_ok=True)
+        if index not in self.retried:
+            self.retried.add(index)
+            self.again.append(index)
+            return None
         how = os.waitstatus_to_exitcode(worker.status)
         ended = f"killed by signal {-how}" if how < 0 else f"exited with status {how}"
-        return Report(input=str(path), error=SanitizeError(
-            "internal", f"the worker process sanitizing it ended ({ended})")).as_json()
+        return Report(input=str(self.paths[index]), error=SanitizeError(
+            "internal", f"the worker processes sanitizing it ended, twice ({ended})")).as_json()
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:

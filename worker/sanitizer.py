@@ -71,6 +71,11 @@ def check_size(path: Path, limits: Limits) -> None:
         raise SanitizeError("too_large", f"{size} bytes is over the limit of {limits.max_bytes}")
 
 
+def partial_path(dst_stem: Path) -> Path:
+    """Where the copy is written before it is verified (and renamed to its final name)."""
+    return dst_stem.with_name(dst_stem.name + ".partial")
+
+
 def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
     """Write the verified agency copy of ``src`` to ``dst_stem`` + the copy's extension.
 
@@ -85,7 +90,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         fmt = formats.identify(src)
         report.kind, report.input_format, report.format = fmt.kind, fmt.name, fmt.name
         report.found = fmt.locate(src, limits)
-        tmp = dst_stem.with_name(dst_stem.name + ".partial")
+        tmp = partial_path(dst_stem)
         rebuilt: Rebuilt = fmt.rebuild(src, tmp, limits)
         dst = dst_stem.with_name(dst_stem.name + rebuilt.extension)
         verify_copy(tmp, rebuilt, src, source_format=fmt.name)
@@ -107,7 +112,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
     finally:
         deadline.cancel()
         release_file()
-        partial = dst_stem.with_name(dst_stem.name + ".partial")
+        partial = partial_path(dst_stem)
         if partial.exists():
             partial.unlink()
         report.seconds = time.monotonic() - started
