@@ -19,10 +19,13 @@ import pytest
 
 from tests.conftest import CORPUS, ROOT
 
-# never imported by `sanitize` on a JPEG: the CLI framework, settings validation, other families
+# never imported by `sanitize` on a JPEG: the CLI framework, settings validation, other families,
+# and the standard modules a usual call does without (argparse's parser, dataclasses and inspect,
+# shutil with bz2 and lzma, the process pool)
 HEAVY = re.compile(r"^(typer|click|rich|pydantic|pydantic_core|pydantic_settings|celery|sqlalchemy|boto3|botocore"
                    r"|worker\.settings|worker\.formats\.av(\..*)?|worker\.formats\.photo\.(png|webp|gif|heif|tiff|reencode)"
-                   r"|concurrent\.futures\.process|pillow_heif|mutagen|ffmpeg)$")
+                   r"|argparse|dataclasses|inspect|shutil|multiprocessing|concurrent\.futures(\..*)?"
+                   r"|pillow_heif|mutagen|ffmpeg)$")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
