@@ -22,6 +22,7 @@ import struct
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from worker.errors import SanitizeError
 from worker.formats.base import Limits
 
 _INDEX = struct.Struct(">I")    # an input's index, parent to worker
@@ -98,8 +99,17 @@ class _Workers:
         import pickle
         import select
 
-        # imported once here, before the fork, rather than once in every worker
+        # imported once here, before the fork, rather than once in every worker: the sanitizer,
+        # the first input's family and, for a photo, the readers photos need
         import worker.sanitizer  # noqa: F401
+        from worker import formats
+        from worker.formats.photo import import_readers
+
+        try:
+            if formats.identify(self.paths[0]).kind == "photo":
+                import_readers()
+        except (SanitizeError, OSError):
+            pass   # the first input's own worker will say what is wrong with it
 
         self.poller = select.poll()   # poll, not select: no limit on descriptor numbers
         done: dict[int, dict] = {}
