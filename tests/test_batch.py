@@ -1,8 +1,11 @@
 """worker/batch.py's forked workers: input order, every input once, and a worker that dies costs one input."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from fixtures.jpeg import android_phone_jpeg, iphone_like_jpeg
@@ -70,6 +73,18 @@ def test_a_worker_that_dies_between_inputs_loses_none(tmp_path, monkeypatch):
     reports = list(batch.sanitize_many(inputs, tmp_path / "out", Limits(), jobs=2))
     assert [r["input"] for r in reports] == [str(p) for p in inputs]
     assert [r["status"] for r in reports] == ["sanitized"] * 6
+
+
+def test_a_fifo_first_is_rejected_not_waited_on(tmp_path):
+    """The parent looks at the first input before its workers fork; a FIFO there must not block it."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    inputs = [fifo, *photos(tmp_path, 2)]
+    proc = subprocess.run([sys.executable, "-m", "worker.cli_sanitize", "sanitize", "--json", "-j", "2",
+                           "--out", str(tmp_path / "out"), *map(str, inputs)],
+                          capture_output=True, text=True, timeout=120)
+    reports = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["status"] for r in reports] == ["rejected", "sanitized", "sanitized"], proc.stderr[-2000:]
 
 
 def test_a_batch_left_early_ends_its_workers(tmp_path):

@@ -105,8 +105,10 @@ class _Workers:
         from worker import formats
         from worker.formats.photo import import_readers
 
+        first = self.paths[0]
         try:
-            if formats.identify(self.paths[0]).kind == "photo":
+            # a regular file only: reading a FIFO's head here could wait for ever
+            if first.is_file() and formats.identify(first).kind == "photo":
                 import_readers()
         except (SanitizeError, OSError):
             pass   # the first input's own worker will say what is wrong with it
