@@ -19,10 +19,13 @@ import pytest
 
 from tests.conftest import CORPUS, ROOT
 
-# never imported by `sanitize` on a JPEG: the CLI framework, settings validation, other families
+# never imported by `sanitize` on a JPEG: the CLI framework, settings validation, other families,
+# and the standard modules a usual call does without (argparse's parser, dataclasses and inspect,
+# shutil with bz2 and lzma, the process pool)
 HEAVY = re.compile(r"^(typer|click|rich|pydantic|pydantic_core|pydantic_settings|celery|sqlalchemy|boto3|botocore"
                    r"|worker\.settings|worker\.formats\.av(\..*)?|worker\.formats\.photo\.(png|webp|gif|heif|tiff|reencode)"
-                   r"|concurrent\.futures\.process|pillow_heif|mutagen|ffmpeg)$")
+                   r"|argparse|dataclasses|inspect|shutil|multiprocessing|concurrent\.futures(\..*)?"
+                   r"|pillow_heif|mutagen|ffmpeg)$")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -122,6 +125,33 @@ def test_help_is_the_one_definition_whichever_way_it_is_reached(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "worker.cli", "sanitize", "x.jpg"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "--out" in usage.stderr
+
+
+USUAL_CALLS = [
+    ["a.jpg", "--out", "o"], ["--json", "--out", "o", "a.jpg", "b.mp4"], ["a.jpg", "b.jpg", "--json", "--out", "o"],
+    ["--jobs", "3", "a.jpg", "--out", "o"], ["-j", "1", "--out", "o", "--json", "a"], ["--out", "o", "--out", "p", "a"],
+    ["-j", "2", "-j", "04", "--out", "o", "", "a"], ["--out", "o", "--json", "--json", "a"],
+]
+# argparse's to read: help, mistakes, abbreviations, other spellings, things that look like options
+OTHER_CALLS = [
+    ["--help"], ["a.jpg"], ["--out", "o"], ["a", "--out", "o", "b"], ["a", "--out"], ["--out=o", "a"],
+    ["-j2", "--out", "o", "a"], ["--js", "--out", "o", "a"], ["--ou", "o", "a"], ["-j", "0", "--out", "o", "a"],
+    ["-j", "x", "--out", "o", "a"], ["-j", "\u0663", "--out", "o", "a"], ["-j", " 3", "--out", "o", "a"],
+    ["--out", "-5", "a"], ["--out", "o", "-5"], ["--out", "o", "-"], ["--out", "o", "--", "-a"],
+    ["--out", "o", "a", "--bogus"],
+]
+
+
+@pytest.mark.parametrize("argv", USUAL_CALLS + OTHER_CALLS)
+def test_the_usual_call_is_read_as_argparse_reads_it(argv):
+    """``common_call`` reads the usual call without building the parser, exactly as argparse reads
+    it; everything else it leaves to argparse (help, usage errors, the other spellings)."""
+    from worker.cli_sanitize import common_call, parser
+
+    fast = common_call(argv)
+    assert (fast is not None) == (argv in USUAL_CALLS)
+    if fast is not None:
+        assert {name: getattr(fast, name) for name in fast.__slots__} == vars(parser().parse_args(argv))
 
 
 def sample_files(folder: Path) -> list[Path]:

@@ -6,10 +6,15 @@ its options are defined here, once, with the standard library's argparse. `main`
 script) runs `sanitize` directly and hands every other command to the typer app in worker/cli.py,
 whose `sanitize` entry forwards its arguments here, so `mediasan --help` lists it and
 `mediasan sanitize --help` prints this parser's help whichever way it is reached.
+
+Building that parser costs a one-file run more than anything of ours but Pillow (argparse, gettext,
+locale and shutil: a tenth of its start), so the usual call (``PATHS… --out DIR [--json] [--jobs
+N]``) is read by ``common_call`` without it; anything else (--help, a mistake, an abbreviation,
+``--out=DIR``) goes to argparse, which stays the definition. tests/test_startup.py holds the two
+readings equal.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +24,8 @@ SUMMARY = "Write the agency copy of each input into OUT, in-process: no queue, n
 
 
 def parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(prog="mediasan sanitize", description=SUMMARY)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATHS", help="Files to sanitize.")
     p.add_argument("--out", required=True, type=Path, help="Folder for the agency copies.")
@@ -29,7 +36,52 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Arguments:
+    """What ``parser`` reads, for the calls ``common_call`` reads without it."""
+
+    __slots__ = ("paths", "out", "as_json", "jobs")
+
+    def __init__(self, paths: list[Path], out: Path, as_json: bool, jobs: int | None):
+        self.paths, self.out, self.as_json, self.jobs = paths, out, as_json, jobs
+
+
+def common_call(argv: list[str]) -> Arguments | None:
+    """``argv`` as ``parser`` reads it when it is the usual call: one run of paths, each option
+    spelled out with its value as the next argument. None for anything else, for argparse to read
+    (and to answer with help or a usage error)."""
+    paths: list[str] = []
+    out, as_json, jobs = None, False, None
+    paths_ended = False
+    args = iter(argv)
+    for arg in args:
+        if arg == "--json":
+            as_json = True
+        elif arg in ("--out", "--jobs", "-j"):
+            value = next(args, None)
+            if value is None or value.startswith("-"):
+                return None
+            if arg == "--out":
+                out = value
+            elif value.isascii() and value.isdigit() and int(value) >= 1:
+                jobs = int(value)
+            else:
+                return None
+        elif arg.startswith("-"):
+            return None
+        elif paths_ended:   # argparse takes one run of paths ("a --json b" is its usage error)
+            return None
+        else:
+            paths.append(arg)
+            continue
+        paths_ended = bool(paths)
+    if out is None or not paths:
+        return None
+    return Arguments([Path(p) for p in paths], Path(out), as_json, jobs)
+
+
 def _positive_int(text: str) -> int:
+    import argparse
+
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
@@ -71,10 +123,12 @@ def process_memory_bytes() -> int:
 
 def run(argv: list[str]) -> int:
     """`mediasan sanitize ARGV…`: 0 when every input was sanitized, 1 otherwise, 2 on a usage error."""
-    try:
-        args = parser().parse_args(argv)
-    except SystemExit as e:          # --help (0) or a usage error (2): argparse has printed it
-        return int(e.code or 0)
+    args = common_call(argv)
+    if args is None:
+        try:
+            args = parser().parse_args(argv)
+        except SystemExit as e:          # --help (0) or a usage error (2): argparse has printed it
+            return int(e.code or 0)
     from worker import logs, workdir
     from worker.batch import default_jobs, sanitize_many
     from worker.budget import limit_process_memory
@@ -96,6 +150,24 @@ def run(argv: list[str]) -> int:
     return 0 if all_ok else 1
 
 
+def exit_now(status: int) -> None:
+    """End the process once ``sanitize`` is done, without the interpreter's teardown.
+
+    Tearing down every module (Pillow's among them) and collecting what they hold is a tenth of a
+    one-file run (#10), and nothing of the command needs it: each copy is written, verified and
+    renamed, the work folder is removed, and the reports are flushed here. What was registered to
+    run at exit still runs (logging's shutdown flushes its handlers).
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
+
+
 def _line(report: dict) -> str:
     if report["status"] == "sanitized":
         where = f" location moved ({report['location']['source']})" if report["location"] else ""
@@ -106,7 +178,7 @@ def _line(report: dict) -> str:
 def main() -> None:
     """The `mediasan` console script."""
     if sys.argv[1:2] == ["sanitize"]:
-        sys.exit(run(sys.argv[2:]))
+        exit_now(run(sys.argv[2:]))
     from worker.cli import app
 
     app()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # lower rank wins
 SOURCE_RANK = {"exif": 0, "xmp": 1, "quicktime": 2, "mdta": 2, "3gpp": 2, "container": 3}
@@ -16,8 +16,9 @@ SOURCE_RANK = {"exif": 0, "xmp": 1, "quicktime": 2, "mdta": 2, "3gpp": 2, "conta
 SOURCE_RANK["gpmf"] = 3
 
 
-@dataclass(frozen=True)
-class Fix:
+# Fix and Found are NamedTuples, not dataclasses: immutable values all the same, without the
+# import of dataclasses (and inspect) that was a twentieth of a one-file run's start (#10)
+class Fix(NamedTuple):
     """One usable GPS fix: decimal degrees, and where it was read."""
 
     lat: float
@@ -30,13 +31,12 @@ class Fix:
         return {"lat": self.lat, "lon": self.lon, "alt": self.alt, "accuracy": self.accuracy, "source": self.source}
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """What one container holds: the chosen fix (or None), capture time, and why candidates were dropped."""
 
     fix: Fix | None = None
     captured_at: str | None = None    # ISO 8601, with offset when the file says it
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     def merged_with(self, other: "Found") -> "Found":
         """Combine two readings of the same file, keeping the better-ranked fix."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker import formats
@@ -21,22 +20,30 @@ from worker.verify import verify_copy
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class Report:
     """The outcome for one input; ``as_json`` is the CLI contract of DESIGN.md."""
 
-    input: str
-    status: str = "failed"            # sanitized | rejected | failed
-    kind: str | None = None
-    format: str | None = None         # the agency copy's format (the input's when rejected)
-    input_format: str | None = None
-    media_type: str | None = None     # the agency copy's
-    output: str | None = None
-    found: Found = field(default_factory=Found)
-    removed: tuple[str, ...] = ()
-    error: SanitizeError | None = None
-    salvage_reason: str | None = None   # set when the copy was re-encoded from a damaged input's pixels
-    seconds: float | None = None      # wall time spent on this input, in this process
+    # a plain class, not a dataclass: importing dataclasses (and inspect) was a twentieth of a
+    # one-file run's start (#10)
+    __slots__ = ("input", "status", "kind", "format", "input_format", "media_type", "output", "found",
+                 "removed", "error", "salvage_reason", "seconds")
+
+    def __init__(self, input: str, status: str = "failed", error: SanitizeError | None = None):
+        self.input = input
+        self.status = status              # sanitized | rejected | failed
+        self.kind: str | None = None
+        self.format: str | None = None    # the agency copy's format (the input's when rejected)
+        self.input_format: str | None = None
+        self.media_type: str | None = None   # the agency copy's
+        self.output: str | None = None
+        self.found = Found()
+        self.removed: tuple[str, ...] = ()
+        self.error = error
+        self.salvage_reason: str | None = None   # set when the copy was re-encoded from a damaged input's pixels
+        self.seconds: float | None = None        # wall time spent on this input, in this process
+
+    def __repr__(self) -> str:
+        return f"Report({self.as_json()!r})"
 
     def as_json(self) -> dict:
         fix = self.found.fix
@@ -64,6 +71,11 @@ def check_size(path: Path, limits: Limits) -> None:
         raise SanitizeError("too_large", f"{size} bytes is over the limit of {limits.max_bytes}")
 
 
+def partial_path(dst_stem: Path) -> Path:
+    """Where the copy is written before it is verified (and renamed to its final name)."""
+    return dst_stem.with_name(dst_stem.name + ".partial")
+
+
 def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
     """Write the verified agency copy of ``src`` to ``dst_stem`` + the copy's extension.
 
@@ -78,7 +90,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         fmt = formats.identify(src)
         report.kind, report.input_format, report.format = fmt.kind, fmt.name, fmt.name
         report.found = fmt.locate(src, limits)
-        tmp = dst_stem.with_name(dst_stem.name + ".partial")
+        tmp = partial_path(dst_stem)
         rebuilt: Rebuilt = fmt.rebuild(src, tmp, limits)
         dst = dst_stem.with_name(dst_stem.name + rebuilt.extension)
         verify_copy(tmp, rebuilt, src, source_format=fmt.name)
@@ -87,7 +99,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
         # identify() sees only the head; the copy's format was decided from the whole file
         report.kind = formats.by_name(rebuilt.format).kind
         report.output, report.removed = str(dst), rebuilt.removed
-        report.salvage_reason = getattr(rebuilt, "salvage_reason", None)
+        report.salvage_reason = rebuilt.salvage_reason
     except FileTimeout:
         report.status, report.error = "rejected", deadline.error()
     except SanitizeError as e:
@@ -100,7 +112,7 @@ def sanitize_file(src: Path, dst_stem: Path, limits: Limits) -> Report:
     finally:
         deadline.cancel()
         release_file()
-        partial = dst_stem.with_name(dst_stem.name + ".partial")
+        partial = partial_path(dst_stem)
         if partial.exists():
             partial.unlink()
         report.seconds = time.monotonic() - started

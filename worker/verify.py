@@ -175,7 +175,9 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source
     the copy's serve its walk (``inspect``), Pillow's header parse and the proof, each on its own.
     """
     try:
-        fmt = formats.identify(path)
+        # a photo copy is read whole once anyway (``file_bytes``: its walk, Pillow, the proof), so
+        # it is identified from those bytes rather than opened and read a second time
+        fmt = formats.identify(path, file_bytes(path) if _declared_kind(rebuilt) == "photo" else None)
     except SanitizeError as e:
         raise verify_failed(f"the copy is not recognisable: {e.message}") from None
     if fmt.name != rebuilt.format:
@@ -196,9 +198,16 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source
         raise verify_failed("the copy still holds: " + "; ".join(findings[:10]))
 
 
+def _declared_kind(rebuilt: Rebuilt) -> str | None:
+    try:
+        return formats.by_name(rebuilt.format).kind
+    except KeyError:
+        return None
+
+
 def _copied_losslessly(source: Path, rebuilt: Rebuilt, source_format: str | None = None) -> bool:
     """Whether the copy is the input's own coded image data: same format, a lossless family, no salvage."""
-    if getattr(rebuilt, "salvage_reason", None) or rebuilt.format not in IMAGE_PROOFS:
+    if rebuilt.salvage_reason is not None or rebuilt.format not in IMAGE_PROOFS:
         return False
     if source_format is not None:
         return source_format == rebuilt.format

@@ -19,12 +19,10 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +84,22 @@ def process_folder(root: Path) -> Path:
     return folder
 
 
+def _remove_tree(path: Path) -> None:
+    # a process folder as a `mediasan sanitize` leaves it (an empty tmp/) goes without shutil, whose
+    # import loads bz2 and lzma, a fiftieth of a one-file run's start (#10); anything else with it
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                os.rmdir(entry.path)   # an empty folder; anything else raises
+        os.rmdir(path)
+        return
+    except OSError:
+        pass
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _tempdir() -> str | None:
     tempfile = sys.modules.get("tempfile")
     return tempfile.tempdir if tempfile is not None else None
@@ -106,19 +120,19 @@ def job_folder(root: Path, upload_id: str) -> Iterator[Path]:
     """A fresh folder for one job inside this process's folder; removed when the job leaves it."""
     folder = process_folder(root) / f"job-{upload_id}"
     if folder.exists():   # an earlier attempt in this same process was interrupted
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_tree(folder)
     folder.mkdir(mode=0o700)
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_tree(folder)
 
 
 def remove_own(root: Path) -> None:
     """At a clean exit: this process's folder goes (a killed one is left to remove_dead)."""
     global _current
     if _current is not None and _current[0] == os.getpid():
-        shutil.rmtree(_current[1], ignore_errors=True)
+        _remove_tree(_current[1])
         _current = None
 
 
@@ -146,8 +160,7 @@ def process_scope(root: Path) -> Iterator[Path]:
                 p.rmdir()
 
 
-@dataclass(frozen=True)
-class Folder:
+class Folder(NamedTuple):   # not a dataclass: importing dataclasses costs a one-file run (#10)
     """A process's work folder and the owner its name records."""
 
     path: Path
@@ -194,7 +207,7 @@ def remove_dead(root: Path, *, stale_s: float) -> list[Path]:
     """Remove the folders of processes that are gone; returns what was removed."""
     removed = []
     for path in dead_folders(root, stale_s=stale_s):
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_tree(path)
         if not path.exists():
             removed.append(path)
     if removed:

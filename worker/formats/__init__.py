@@ -93,9 +93,12 @@ def read_head(path: Path) -> bytes:
         return f.read(HEAD_BYTES)
 
 
-def identify(path: Path) -> Format:
-    """The Format this file's content belongs to, or SanitizeError(unsupported_format / empty)."""
-    head = read_head(path)
+def identify(path: Path, data: bytes | None = None) -> Format:
+    """The Format this file's content belongs to, or SanitizeError(unsupported_format / empty).
+
+    ``data``: the whole file, when the caller has read it already (its head is what is looked at).
+    """
+    head = read_head(path) if data is None else data[:HEAD_BYTES]
     if not head:
         raise SanitizeError("empty", "the file is empty")
     for family, might in FAMILIES:

@@ -15,17 +15,17 @@ format function for input the module accepted (the pipeline turns anything else 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from worker.location import Found
 
 HEAD_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Limits:
+# NamedTuples, not dataclasses: immutable values all the same, without importing dataclasses (and
+# inspect), a twentieth of a one-file run's start (#10)
+class Limits(NamedTuple):
     """Bounds checked before and while decoding. Passed in, never process-wide."""
 
     max_bytes: int = 2 * 1024**3
@@ -38,18 +38,19 @@ class Limits:
     file_timeout_s: float = 120.0     # wall clock for one whole file inside the process (worker/budget.py)
 
 
-@dataclass(frozen=True)
-class Rebuilt:
+class Rebuilt(NamedTuple):
     """What ``rebuild`` wrote: the copy's own format (not necessarily the input's) and what it dropped."""
 
     format: str                 # the Format.name of the *copy*, e.g. "jpeg" for a HEIC input
     media_type: str             # e.g. "image/jpeg"
     extension: str              # e.g. ".jpg"
     removed: tuple[str, ...] = ()   # human-readable names of what was taken out, e.g. "APP1 Exif", "ID3v2"
+    # set when the copy was re-encoded from the decoded pixels of an input whose container is
+    # damaged (worker/formats/photo/reencode.py's salvage): why the container was refused
+    salvage_reason: str | None = None
 
 
-@dataclass(frozen=True)
-class Format:
+class Format(NamedTuple):
     """One family: how it is recognised, located, rebuilt and inspected."""
 
     name: str                   # stable id, e.g. "jpeg", "png", "heic", "mp4", "mp3"
@@ -59,6 +60,6 @@ class Format:
     locate: Callable[[Path, Limits], Found]
     rebuild: Callable[[Path, Path, Limits], Rebuilt]
     inspect: Callable[[Path], list[str]]
-    extensions: tuple[str, ...] = field(default=())   # conventional, for naming stored objects only
+    extensions: tuple[str, ...] = ()   # conventional, for naming stored objects only
     # the verifier's look given the input too (a stream copy proved by bytes); None: ``inspect``
     inspect_copy_of: Callable[[Path, Path], list[str]] | None = None

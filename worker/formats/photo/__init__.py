@@ -52,6 +52,19 @@ def animation_pixel_budget(limits) -> int:
     return 16 * limits.max_pixels
 
 
+def import_readers() -> None:
+    """Import what sanitizing photos imports on first use: Pillow's JPEG reader (the verifier's
+    header parse of every copy but a PNG, WebP or GIF), its TIFF reader (EXIF), its colour
+    management (ICC profiles) and the XMP parser.
+
+    A batch's parent calls it before its workers fork, when the batch starts with a photo: the
+    workers then share one import rather than each paying for it (#10). A single file never does.
+    """
+    import xml.etree.ElementTree  # noqa: F401
+
+    from PIL import ImageChops, ImageCms, JpegImagePlugin, TiffImagePlugin  # noqa: F401
+
+
 def release_read() -> None:
     """Forget the walks: ``rebuild`` is their last user, and a photo's can be large. The bytes stay
     for the verifier's proof; ``release_file`` forgets them."""

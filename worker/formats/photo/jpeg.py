@@ -24,7 +24,6 @@ import functools
 import io
 import re
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,8 +69,7 @@ class Segment(NamedTuple):   # a tuple, not a dataclass: a walk makes tens of th
     payload: bytes      # the bytes after the length field (empty for standalone markers)
 
 
-@dataclass(frozen=True)
-class Walk:
+class Walk(NamedTuple):
     """A whole file's walk: its segments in order and whatever follows EOI."""
 
     segments: tuple[Segment, ...]

@@ -14,7 +14,6 @@ import math
 import mmap
 import operator
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -292,17 +291,10 @@ def check_decodes(src: Path, frames: int, width: int, height: int, what: str) ->
         raise corrupt(f"the {what} image data does not decode ({type(e).__name__}: {e})") from None
 
 
-@dataclass(frozen=True)
-class Salvaged(Rebuilt):
-    """A copy re-encoded from the decoded pixels of an input whose container is damaged."""
-
-    salvage_reason: str = ""
-
-
 SALVAGEABLE_CODES = frozenset({"corrupt", "truncated"})
 
 
-def salvage(src: Path, dst: Path, limits: Limits, damage: SanitizeError, *, truncated_ok: bool = False) -> Salvaged:
+def salvage(src: Path, dst: Path, limits: Limits, damage: SanitizeError, *, truncated_ok: bool = False) -> Rebuilt:
     """Decode ``src`` with Pillow and write it as a clean JPEG; ``damage`` (why the container walk
     refused it) is raised when nothing decodes, and is the salvage reason when something does.
 
@@ -335,9 +327,9 @@ def salvage(src: Path, dst: Path, limits: Limits, damage: SanitizeError, *, trun
                                          f"({type(e).__name__}: {e})") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    return Salvaged(format="jpeg", media_type="image/jpeg", extension=".jpg",
-                    removed=("the damaged container and all its metadata",), salvage_reason=damage.message)
+    return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg",
+                   removed=("the damaged container and all its metadata",), salvage_reason=damage.message)
 
 
-__all__ = ["write_jpeg", "salvage", "Salvaged", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES",
+__all__ = ["write_jpeg", "salvage", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES",
            "estimated_quality", "visually_equal"]
