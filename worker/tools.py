@@ -14,7 +14,6 @@ runs). An input that still asks a tool for another protocol is ``unsupported_for
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -109,6 +108,8 @@ FINGERPRINT_BYTES = 1 << 16
 
 
 def _file_identity(path: Path) -> tuple | None:
+    import hashlib      # here: a file whose tool answers are not shared never loads OpenSSL's hashes
+
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
