@@ -162,3 +162,17 @@ def test_motion_jpeg_from_a_movie_is_proved_under_its_mp4_name(tmp_path, tool_ru
     assert (report.status, report.format) == ("sanitized", "mp4"), report.as_json()
     assert movie.describe(Path(report.output)).first(b"vide").codec == b"mp4v"
     assert [args[0] for args in tool_runs] == ["ffmpeg", "ffprobe", "ffprobe"], tool_runs
+
+
+def test_a_long_file_is_copied_and_sampled_in_two_runs(tmp_path, tool_runs, monkeypatch):
+    """Past SHARED_RUN_MAX_PACKETS the copy and the decode sample run apart (with several inputs
+    ffmpeg queues every packet of the copy through a thread); the walk counts the packets."""
+    from worker.formats.av import av_rebuild
+
+    src = _keyframe_film(tmp_path / "film.mp4", 4, 250)
+    packets = sum(t.packets for t in movie.describe(src).tracks)
+    assert movie.describe(src).first(b"vide").packets == 100            # 4 s at 25 fps
+    monkeypatch.setattr(av_rebuild, "SHARED_RUN_MAX_PACKETS", packets - 1)
+    report = sanitize_file(src, tmp_path / "out", Limits())
+    assert report.status == "sanitized", report.as_json()
+    assert [args[-1] for args in tool_runs][0] == "-" and len(tool_runs) == 2, tool_runs   # the decode sample, then the copy

@@ -20,7 +20,8 @@ and proved copied byte for byte, but not decoded (decoding them was 85% of the t
 bench's 10 s film, whose keyframes x264 set 250 frames apart). A short film (at most 60 s and 20
 keyframes) is decoded whole in the same input as the copy: every keyframe and all its sound, the
 file opened once. When that run fails or logs anything, the decode sample and the remux run apart,
-so that a failure is put down to the input or to the muxer as before. Tools: that one ffmpeg run.
+so that a failure is put down to the input or to the muxer as before. Tools: that one ffmpeg run
+(two for a file of more than 30,000 packets, about 11 minutes of AAC, where sharing costs more).
 The verifier proves the copy's samples and decoder configuration by bytes against the input's
 (``stream_proof``, ``movie``) and decodes the copy only where the input gives no such proof (an
 upload cut short, odd sample tables).
@@ -56,6 +57,10 @@ KEYFRAME_SAMPLE_CODECS = frozenset({b"avc1", b"avc3", b"hvc1", b"hev1", b"mp4v",
 # each input ffmpeg opens costs about as much as ten 1080p keyframes (its demuxer and decoders start)
 WHOLE_SAMPLE_SECONDS = 60.0
 WHOLE_SAMPLE_KEYFRAMES = 20
+# the copy and the decode sample share one ffmpeg run up to this many packets: with several inputs
+# ffmpeg hands every packet of the copy through a demuxer thread's queue (~3 us each), which from
+# here on costs more than a second start (3 h of AAC: 2.9 s together, 1.7 s apart)
+SHARED_RUN_MAX_PACKETS = 30_000
 
 
 class Muxing(NamedTuple):
@@ -212,11 +217,13 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     sample = {"duration": movie.duration, "demuxer": DEMUXER, "indexes": stream_ids(kept),
               "cut_short": source.media_missing, "keyframes_only": keyframes_only, "whole": whole}
     first = _muxing_for(targets[0], video is not None)
-    # the usual case in one ffmpeg run: the copy into the first target and the input's decode sample;
-    # when that run fails or logs anything, the two run apart, as each alone says what failed: an
+    # the usual case in one ffmpeg run: the copy into the first target and the input's decode sample
+    # (a long file's run apart: SHARED_RUN_MAX_PACKETS); when that run fails or logs anything, the
+    # two run apart, as each alone says what failed: an
     # input that does not decode is corrupt (raised here), a muxer that refuses a codec passes to
     # the next target
-    copied = copy_and_decode_sample(remux_args(src, dst, first, stream_ids(kept)), src, limits, **sample)
+    copied = (sum(track.packets for track in kept if track is not None) <= SHARED_RUN_MAX_PACKETS
+              and copy_and_decode_sample(remux_args(src, dst, first, stream_ids(kept)), src, limits, **sample))
     if not copied:
         decode_sample(src, limits, what="checking the input", **sample)
     try:

@@ -47,6 +47,8 @@ class Track(NamedTuple):
     rotation: float             # degrees, of its display matrix combined with the movie's
     config: bytes | None        # its decoder configuration (see the module doc), None when not read
     sync_samples: int | None    # keyframes its stss lists; None without an stss (every sample is one)
+    packets: int                # what ffmpeg reads it as: its samples (stsz), or its chunks when
+                                # every sample has one size (PCM, whose "samples" are sound frames)
 
     @property
     def kind(self) -> str:
@@ -176,7 +178,7 @@ def _sample_entry(f: BinaryIO, stsd: Box, handler: bytes) -> tuple[bytes, int, b
 
 def _track(f: BinaryIO, trak: Box, index: int, movie_matrix: tuple[float, ...]) -> Track:
     track_id, handler, codec, entries, duration, matrix, config = 0, b"", b"", 0, 0.0, IDENTITY, None
-    stsd, sync_samples = None, None
+    stsd, sync_samples, samples, chunks, constant = None, None, 0, 0, False
     for path, box in walk(f, trak.payload_start, trak.end, descend_meta=False):
         if box.type == b"tkhd" and not path:
             payload = read_payload(f, box, 4096)
@@ -197,10 +199,24 @@ def _track(f: BinaryIO, trak: Box, index: int, movie_matrix: tuple[float, ...]) 
             if len(header) < 8:
                 raise corrupt("stss shorter than its header")
             sync_samples = struct.unpack_from(">I", header, 4)[0]
+        elif box.type in (b"stsz", b"stz2") and path == (b"mdia", b"minf", b"stbl"):
+            f.seek(box.payload_start)
+            header = f.read(min(12, box.payload_size))
+            if len(header) < 12:
+                raise corrupt(f"{box.name} shorter than its header")
+            constant = box.type == b"stsz" and struct.unpack_from(">I", header, 4)[0] != 0
+            samples = struct.unpack_from(">I", header, 8)[0]
+        elif box.type in (b"stco", b"co64") and path == (b"mdia", b"minf", b"stbl"):
+            f.seek(box.payload_start)
+            header = f.read(min(8, box.payload_size))
+            if len(header) < 8:
+                raise corrupt(f"{box.name} shorter than its header")
+            chunks = struct.unpack_from(">I", header, 4)[0]
     if stsd is not None:
         codec, entries, config = _sample_entry(f, stsd, handler)
     return Track(index, track_id, handler, codec, entries, duration,
-                 rotation_of(_multiply(matrix, movie_matrix)), config, sync_samples)
+                 rotation_of(_multiply(matrix, movie_matrix)), config, sync_samples,
+                 chunks if constant else samples)
 
 
 def _covers(f: BinaryIO, moov: Box) -> int:
