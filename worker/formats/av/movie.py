@@ -34,6 +34,7 @@ SOUND_FIELDS = {0: 28, 1: 44, 2: 64}        # a sound entry's fixed fields, by i
 KINDS = {b"vide": "video", b"soun": "audio", b"text": "subtitle", b"sbtl": "subtitle", b"subt": "subtitle",
          b"subp": "subtitle", b"clcp": "subtitle"}
 MAX_CONFIG = 1 << 20
+STBL = (b"mdia", b"minf", b"stbl")           # where a trak's sample tables sit
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -176,6 +177,15 @@ def _sample_entry(f: BinaryIO, stsd: Box, handler: bytes) -> tuple[bytes, int, b
     return entry.type, len(entries), esds_config(payload) if wanted == b"esds" else payload
 
 
+def _table_header(f: BinaryIO, box: Box, fmt: str) -> tuple:
+    """The leading fields of a sample table (its version and flags skipped), without reading the table."""
+    f.seek(box.payload_start)
+    header = f.read(min(struct.calcsize(fmt), box.payload_size))
+    if len(header) < struct.calcsize(fmt):
+        raise corrupt(f"{box.name} shorter than its header")
+    return struct.unpack(fmt, header)
+
+
 def _track(f: BinaryIO, trak: Box, index: int, movie_matrix: tuple[float, ...]) -> Track:
     track_id, handler, codec, entries, duration, matrix, config = 0, b"", b"", 0, 0.0, IDENTITY, None
     stsd, sync_samples, samples, chunks, constant = None, None, 0, 0, False
@@ -189,29 +199,17 @@ def _track(f: BinaryIO, trak: Box, index: int, movie_matrix: tuple[float, ...]) 
             duration = length / timescale if timescale else 0.0
         elif box.type == b"hdlr" and path == (b"mdia",):
             handler = read_payload(f, box, 4096)[8:12]
-        elif box.type == b"stsd" and path == (b"mdia", b"minf", b"stbl"):
+        elif box.type == b"stsd" and path == STBL:
             if stsd is not None:
                 raise corrupt("two stsd boxes in one sample table")
             stsd = box
-        elif box.type == b"stss" and path == (b"mdia", b"minf", b"stbl"):
-            f.seek(box.payload_start)
-            header = f.read(min(8, box.payload_size))
-            if len(header) < 8:
-                raise corrupt("stss shorter than its header")
-            sync_samples = struct.unpack_from(">I", header, 4)[0]
-        elif box.type in (b"stsz", b"stz2") and path == (b"mdia", b"minf", b"stbl"):
-            f.seek(box.payload_start)
-            header = f.read(min(12, box.payload_size))
-            if len(header) < 12:
-                raise corrupt(f"{box.name} shorter than its header")
-            constant = box.type == b"stsz" and struct.unpack_from(">I", header, 4)[0] != 0
-            samples = struct.unpack_from(">I", header, 8)[0]
-        elif box.type in (b"stco", b"co64") and path == (b"mdia", b"minf", b"stbl"):
-            f.seek(box.payload_start)
-            header = f.read(min(8, box.payload_size))
-            if len(header) < 8:
-                raise corrupt(f"{box.name} shorter than its header")
-            chunks = struct.unpack_from(">I", header, 4)[0]
+        elif box.type == b"stss" and path == STBL:
+            (sync_samples,) = _table_header(f, box, ">4xI")
+        elif box.type in (b"stsz", b"stz2") and path == STBL:
+            size, samples = _table_header(f, box, ">4xII")
+            constant = box.type == b"stsz" and size != 0
+        elif box.type in (b"stco", b"co64") and path == STBL:
+            (chunks,) = _table_header(f, box, ">4xI")
     if stsd is not None:
         codec, entries, config = _sample_entry(f, stsd, handler)
     return Track(index, track_id, handler, codec, entries, duration,
