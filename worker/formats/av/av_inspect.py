@@ -13,7 +13,7 @@ Each look lists what it finds outside the allow-list:
 
 Then the media itself. Given the input (``inspect_copy_of``, the verifier's usual call), the copy is
 proved by bytes (``stream_proof``): each of its tracks holds exactly the coded samples of the input
-track the rebuild kept (same codec, sizes, SHA-256 of the samples), configured for its decoder by
+track the rebuild kept (same codec and sizes, the samples compared byte for byte), configured for its decoder by
 the same bytes (``movie``: the ``avcC``, ``hvcC``, ``esds``… of both, compared byte for byte; for
 a codec without such a box, ffprobe's description of both, extradata by its hash). The input's
 decode sample in the rebuild showed those bytes decode, so the copy is not decoded again and no
