@@ -55,6 +55,27 @@ def test_an_input_that_kills_its_workers_fails_and_the_others_finish(tmp_path, m
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".jpg"] * 5
 
 
+def test_a_worker_started_after_another_has_its_last_input_starts_cleanly(tmp_path, monkeypatch):
+    """The other worker has been told there is nothing left (its task pipe closed) when the first
+    one dies: the worker that replaces it must not trip over that closed pipe, and tries the input
+    again (it dies of the same crash: the report names the signal, not a fault of the worker)."""
+    import time
+
+    doomed, other = photos(tmp_path, 2)
+    sanitize_one = batch.sanitize_one
+
+    def crashing(path: Path, dst_stem: Path, limits: Limits) -> dict:
+        if path == doomed:
+            time.sleep(0.5)                # the other input is done, and its worker idle, first
+            os.kill(os.getpid(), signal.SIGKILL)
+        return sanitize_one(path, dst_stem, limits)
+
+    monkeypatch.setattr(batch, "sanitize_one", crashing)
+    reports = list(batch.sanitize_many([doomed, other], tmp_path / "out", Limits(), jobs=2))
+    assert [r["status"] for r in reports] == ["failed", "sanitized"]
+    assert "twice (killed by signal 9)" in reports[0]["error"]["message"], reports[0]["error"]
+
+
 def test_a_worker_that_dies_between_inputs_loses_none(tmp_path, monkeypatch):
     """A worker gone right after sending a report (its next input cannot even be handed to it):
     the report counts, and its next input goes to a new worker."""

@@ -151,7 +151,8 @@ class _Workers:
             try:
                 # the other workers' pipe ends: held open here, they would never see end-of-file
                 for other in self.by_fd.values():
-                    os.close(other.tasks)
+                    if other.tasks >= 0:     # a worker given its last input has its task pipe closed
+                        os.close(other.tasks)
                     os.close(other.results)
                 os.close(tasks_w)
                 os.close(results_r)
