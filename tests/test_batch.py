@@ -56,8 +56,8 @@ def test_an_input_that_kills_its_workers_fails_and_the_others_finish(tmp_path, m
 
 
 def test_a_worker_started_after_another_has_its_last_input_starts_cleanly(tmp_path, monkeypatch):
-    """The other worker has been told there is nothing left (its task pipe closed) when the first
-    one dies: the worker that replaces it must not trip over that closed pipe, and tries the input
+    """The other worker has been told there is nothing left (its task pipe closed), and has not
+    exited yet, when the first one dies: the worker that replaces it must not trip over that closed pipe, and tries the input
     again (it dies of the same crash: the report names the signal, not a fault of the worker)."""
     import time
 
@@ -70,7 +70,14 @@ def test_a_worker_started_after_another_has_its_last_input_starts_cleanly(tmp_pa
             os.kill(os.getpid(), signal.SIGKILL)
         return sanitize_one(path, dst_stem, limits)
 
+    serve = batch._Workers._serve
+
+    def slow_to_exit(self, tasks: int, results: int) -> None:
+        serve(self, tasks, results)
+        time.sleep(1.5)                    # told there is nothing left, it has not exited yet
+
     monkeypatch.setattr(batch, "sanitize_one", crashing)
+    monkeypatch.setattr(batch._Workers, "_serve", slow_to_exit)
     reports = list(batch.sanitize_many([doomed, other], tmp_path / "out", Limits(), jobs=2))
     assert [r["status"] for r in reports] == ["failed", "sanitized"]
     assert "twice (killed by signal 9)" in reports[0]["error"]["message"], reports[0]["error"]
