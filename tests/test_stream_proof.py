@@ -127,11 +127,11 @@ def test_an_input_cut_short_gives_no_proof(built, tmp_path):
     assert stream_proof.differences(cut, copy, {"video": 0, "audio": 1}) is None
 
 
-def test_a_codec_the_first_muxer_refuses_goes_to_the_next_and_pcm_is_proved_by_total_and_hash(tmp_path, runs):
+def test_a_codec_the_first_muxer_refuses_goes_to_the_next_and_pcm_is_proved_by_total_and_bytes(tmp_path, runs):
     """PCM in a MOV: the mp4 muxer refuses it, so the run that copies and decodes at once fails;
     the decode sample alone passes (the input is fine), the mp4 remux fails, the mov one is kept.
     The copy's PCM track (one size for every sample, regrouped by the muxer) is proved by its total
-    size and hash, without a decode."""
+    size and bytes, without a decode."""
     import subprocess
 
     from worker.sanitizer import sanitize_file

@@ -35,6 +35,10 @@ STARTS: Counter[str] = Counter()
 INPUT_PROTOCOLS = "file"
 
 
+# every ffmpeg run: no terminal input, errors only (a decode sample fails on any line it prints)
+FFMPEG = ("ffmpeg", "-nostdin", "-v", "error")
+
+
 def tool_url(path: Path) -> str:
     """``path`` as an ffmpeg URL that can only mean that local file."""
     return "file:" + os.path.abspath(path)
@@ -94,9 +98,8 @@ def run_tool(args: list[str], limits: Limits, *, what: str) -> subprocess.Comple
 
 # --- one run per tool question ------------------------------------------------------------------
 #
-# The rebuild asks a tool about the copy it wrote (ffprobe after a remux, a decode sample of an
-# audio copy) or about the input (ffprobe of an ISO-BMFF input, whose streams the verifier's byte
-# proof compares with the copy's), and the verifier then asks the same question of the same bytes. The answer is kept
+# The rebuild asks a tool about the copy it wrote (ffprobe after a remux or a neutralising, a decode
+# sample of an audio copy), and the verifier then asks the same question of the same bytes. The answer is kept
 # here, keyed by the question and by the file's identity (device, inode, size, modification and
 # change times, and a hash of its first and last 64 KiB), and handed to the next asker once: the
 # check still happens, once. Only answers that passed are kept (a failure ends the job anyway);
@@ -143,8 +146,7 @@ def _recall(question: tuple, path: Path) -> object | None:
 def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bool = False) -> dict:
     """ffprobe's JSON of format, streams (with ``extradata_hash``) and chapters. ``share``: the
     same question about the same bytes is asked once more later (a copy's probe, then the
-    verifier's; an ISO-BMFF input's, then the verifier's byte proof): the second ask reuses this
-    run's answer instead of starting ffprobe again."""
+    verifier's): the second ask reuses this run's answer instead of starting ffprobe again."""
     question = ("ffprobe", demuxer)
     recalled = _recall(question, path)
     if recalled is not None:
@@ -166,7 +168,7 @@ def stream_copy_args(src: Path, dst: Path, *, demuxer: str | None, muxer: str, i
                      options: dict[str, str] | None = None) -> list[str]:
     """ffmpeg arguments copying the streams ``indexes`` of ``src`` (packets untouched) into a new
     ``dst`` written by ``muxer``: no metadata, no chapters, ffmpeg's name and times left out."""
-    args = ["ffmpeg", "-nostdin", "-v", "error", *input_args(src, demuxer)]
+    args = [*FFMPEG, *input_args(src, demuxer)]
     for index in indexes:
         args += ["-map", f"0:{index}"]
     args += ["-c", "copy", "-map_metadata", "-1", "-map_metadata:s", "-1", "-map_chapters", "-1",
@@ -217,8 +219,7 @@ def sample_ranges(duration: float) -> list[tuple[float, float]]:
 
 def _seek_args(ranges: list[tuple[float, float]], duration: float) -> list[list[str]]:
     """ffmpeg's options for each range: none for the whole file, else ``-ss``/``-t`` in whole
-    milliseconds, the start rounded up (rounded down it could fall before its keyframe, and ffmpeg
-    would decode from the one before) and the length so that the range's end is still reached."""
+    milliseconds, the start rounded up and the length so that the range's end is still reached."""
     if len(ranges) == 1 and ranges[0][0] <= 0.0 and ranges[0][1] >= duration:
         return [[]]
     seeks = []
@@ -282,7 +283,7 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
         return
     inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
                                          keyframes_only=keyframes_only, whole=whole)
-    args = ["ffmpeg", "-nostdin", "-v", "error", *inputs, *outputs]
+    args = [*FFMPEG, *inputs, *outputs]
     try:
         proc = run_tool(args, limits, what=what)
     except SanitizeError as e:
@@ -306,12 +307,12 @@ def copy_and_decode_sample(copy_args: list[str], path: Path, limits: Limits, *, 
     cannot tell the input that does not decode from the muxer that refuses a codec: the caller
     runs the two apart, as before, and each failure is put down to its own cause. Other codes
     (timeout, a crash, the memory cap) are raised as either run alone would raise them."""
-    head = ["ffmpeg", "-nostdin", "-v", "error", *input_args(path, demuxer)]
+    head = [*FFMPEG, *input_args(path, demuxer)]
     if copy_args[:len(head)] != head:
         raise ValueError("copy_args is not a stream copy of this input")
     if whole:
         # the copy's own input feeds the decoders too: the file is opened and read once
-        args = [*head[:4], *_decoder_options(keyframes_only), *head[4:], *copy_args[len(head):],
+        args = [*FFMPEG, *_decoder_options(keyframes_only), *input_args(path, demuxer), *copy_args[len(head):],
                 *_maps(0, indexes), "-f", "null", "-"]
     else:
         inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,

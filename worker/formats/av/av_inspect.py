@@ -220,9 +220,8 @@ def pick_streams(probe: dict) -> tuple[dict | None, dict | None]:
     return video, audio
 
 
-def ffprobe_findings(path: Path, probe: dict | None = None) -> list[str]:
-    """What ffprobe shows of the copy beyond the allow-list: tags, chapters, other streams."""
-    probe = ffprobe(path, Limits(), DEMUXER) if probe is None else probe
+def ffprobe_findings(probe: dict) -> list[str]:
+    """What ffprobe shows of the copy (its ``probe``) beyond the allow-list: tags, chapters, other streams."""
     findings = [f"container tag {k}" for k in (probe.get("format") or {}).get("tags") or {} if k not in FORMAT_TAGS]
     if probe.get("chapters"):
         findings.append(f"{len(probe['chapters'])} chapters")
@@ -308,7 +307,7 @@ def inspect_copy(path: Path) -> list[str]:
     """Findings on an agency copy, its streams decoded; empty when it is clean. Never raises for a bad copy."""
     try:
         probe = ffprobe(path, Limits(), DEMUXER)
-        return (box_findings(path) + ffprobe_findings(path, probe) + decode_findings(path, probe, Limits(), DEMUXER)
+        return (box_findings(path) + ffprobe_findings(probe) + decode_findings(path, probe, Limits(), DEMUXER)
                 + mutagen_findings(path))
     except SanitizeError as e:
         return [f"the copy does not read back: {e.code}: {e.message}"]
@@ -324,7 +323,7 @@ def inspect_copy_of(path: Path, source: Path) -> list[str]:
         proof = proof_findings(path, source)
         if proof is None:
             probe = ffprobe(path, Limits(), DEMUXER)
-            findings += ffprobe_findings(path, probe) + decode_findings(path, probe, Limits(), DEMUXER)
+            findings += ffprobe_findings(probe) + decode_findings(path, probe, Limits(), DEMUXER)
         else:
             findings += proof
         return findings + mutagen_findings(path)

@@ -41,7 +41,7 @@ from worker.formats.walkers.boxes import (DREF_ENTRY_HEADER, ENCRYPTED_ENTRIES, 
                                           chunk_offsets, chunk_ranges, dref_entries, dref_is_external, file_size,
                                           header_times, iter_boxes, media_extent, read_payload, sample_entry_children,
                                           sample_entry_types, walk)
-from worker.tools import copy_and_decode_sample, decode_sample, ffprobe, run_tool, stream_copy_args
+from worker.tools import copy_and_decode_sample, decode_sample, ffprobe, probe_duration, run_tool, stream_copy_args
 
 # boxes that hold metadata; named in the report when the source had them
 METADATA_BOXES = {b"udta": "udta", b"meta": "meta", b"keys": "mdta keys", b"ilst": "ilst tags",
@@ -71,16 +71,17 @@ class Muxing(NamedTuple):
     brand: str | None = None
 
 
-def check_limits(probe: dict, limits: Limits) -> None:
-    streams = probe.get("streams") or []
-    if len(streams) > limits.max_streams:
-        raise too_large(f"{len(streams)} streams, over the limit of {limits.max_streams}")
-    try:
-        duration = float((probe.get("format") or {}).get("duration") or 0)
-    except ValueError:
-        duration = 0.0
+def check_counts(streams: int, duration: float, limits: Limits) -> None:
+    """``too_large`` past the limits on streams and duration."""
+    if streams > limits.max_streams:
+        raise too_large(f"{streams} streams, over the limit of {limits.max_streams}")
     if duration > limits.max_duration_s:
         raise too_large(f"{duration:.0f} s long, over the limit of {limits.max_duration_s:.0f} s")
+
+
+def check_limits(probe: dict, limits: Limits) -> None:
+    """``check_counts`` of an ffprobe description (Matroska, Ogg video)."""
+    check_counts(len(probe.get("streams") or []), probe_duration(probe), limits)
 
 
 class Source(NamedTuple):
@@ -186,11 +187,8 @@ def _check_copy(dst: Path, kept: tuple[Track | None, Track | None]) -> None:
 
 
 def check_movie_limits(movie: Movie, limits: Limits) -> None:
-    streams = len(movie.tracks) + movie.covers
-    if streams > limits.max_streams:
-        raise too_large(f"{streams} streams, over the limit of {limits.max_streams}")
-    if movie.duration > limits.max_duration_s:
-        raise too_large(f"{movie.duration:.0f} s long, over the limit of {limits.max_duration_s:.0f} s")
+    """``check_counts`` of our walk's reading (ffprobe shows each cover picture as a stream)."""
+    check_counts(len(movie.tracks) + movie.covers, movie.duration, limits)
 
 
 def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limits: Limits) -> Rebuilt:
