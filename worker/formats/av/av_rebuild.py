@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
-from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, pick_streams, vendor_field
+from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, load_copy_readers, pick_streams, vendor_field
 from worker.formats.av.brands import known_av_brand
 from worker.formats.av.movie import Movie, Track, describe
 from worker.formats.base import HEAD_BYTES, Limits, Rebuilt
@@ -221,7 +221,8 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     # input that does not decode is corrupt (raised here), a muxer that refuses a codec passes to
     # the next target
     copied = (sum(track.packets for track in kept if track is not None) <= SHARED_RUN_MAX_PACKETS
-              and copy_and_decode_sample(remux_args(src, dst, first, stream_ids(kept)), src, limits, **sample))
+              and copy_and_decode_sample(remux_args(src, dst, first, stream_ids(kept)), src, limits, **sample,
+                                         meanwhile=load_copy_readers))
     if not copied:
         decode_sample(src, limits, what="checking the input", **sample)
     try:

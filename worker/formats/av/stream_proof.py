@@ -21,6 +21,7 @@ other chunks by the muxer: for them the total size and the bytes are compared, n
 """
 from __future__ import annotations
 
+import os
 import struct
 from array import array
 from pathlib import Path
@@ -54,39 +55,32 @@ class Track(NamedTuple):
     complete: bool                  # every sample lies inside the file
 
 
-class _Samples:
-    """A track's coded samples as one stream of bytes: its chunks' ranges read in decode order."""
-
-    def __init__(self, f: BinaryIO, ranges: tuple) -> None:
-        self.f, self.ranges, self.index, self.done = f, ranges, 0, 0
-
-    def read(self, n: int) -> bytes:
-        """The next ``n`` bytes (fewer only at the end of the samples)."""
-        pieces = []
-        while n and self.index < len(self.ranges):
-            offset, length = self.ranges[self.index]
-            self.f.seek(offset + self.done)
-            piece = self.f.read(min(n, length - self.done))
-            if not piece:
-                raise corrupt(f"a chunk at {offset} ends past the end of the file")
-            pieces.append(piece)
-            n -= len(piece)
-            self.done += len(piece)
-            if self.done == length:
-                self.index, self.done = self.index + 1, 0
-        return b"".join(pieces)
-
-
 def same_samples(a: BinaryIO, a_ranges: tuple, b: BinaryIO, b_ranges: tuple) -> bool:
-    """Whether two tracks' coded samples are the same bytes: read block by block and compared (a
-    comparison reads each file once; hashing both cost four times as long)."""
-    first, second = _Samples(a, a_ranges), _Samples(b, b_ranges)
+    """Whether two tracks' coded samples are the same bytes: both lists of ranges are walked
+    together, and each stretch that is contiguous in both files is read from each (``pread``, at
+    most ``BLOCK`` at a time) and compared. Each file is read once; hashing both cost four times as
+    long, and gathering each side's chunks into blocks before comparing twice as long (#10)."""
+    a_fd, b_fd = a.fileno(), b.fileno()
+    a_next = b_next = 0
+    a_at = a_end = b_at = b_end = 0
     while True:
-        block = first.read(BLOCK)
-        if block != second.read(BLOCK):
+        if a_at == a_end:
+            if a_next == len(a_ranges):
+                return b_at == b_end and b_next == len(b_ranges)
+            a_at, length = a_ranges[a_next]
+            a_end, a_next = a_at + length, a_next + 1
+        if b_at == b_end:
+            if b_next == len(b_ranges):
+                return False            # the copy's samples end first
+            b_at, length = b_ranges[b_next]
+            b_end, b_next = b_at + length, b_next + 1
+        n = min(a_end - a_at, b_end - b_at, BLOCK)
+        piece = os.pread(a_fd, n, a_at)
+        if len(piece) != n:
+            raise corrupt(f"a chunk at {a_at} ends past the end of the file")
+        if piece != os.pread(b_fd, n, b_at):
             return False
-        if not block:
-            return True
+        a_at, b_at = a_at + n, b_at + n
 
 
 def _sound_version(f: BinaryIO, stsd: Box) -> int:
