@@ -134,8 +134,17 @@ def test_a_film_with_many_keyframes_is_sampled_in_three_windows(tmp_path, tool_r
     src = _keyframe_film(tmp_path / "many.mp4", 12, 5)         # 60 keyframes: over the whole-file bound
     report = sanitize_file(src, tmp_path / "out", Limits())
     assert report.status == "sanitized", report.as_json()
-    run = tool_runs[0]
+    [run] = tool_runs           # a plain MP4: the decode sample alone, our box copy beside it
+    assert run.count("-i") == 3 and run.count("-ss") == 3 and run.count("-skip_frame:v") == 3
+    assert run.count("-discard:v") == 3 and "-c" not in run
+    movie_copy = tmp_path / "movie.mov"        # QuickTime's goes to ffmpeg: the copy's input and the three windows
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(src), "-c", "copy", "-y", str(movie_copy)], check=True)
+    tool_runs.clear()
+    report = sanitize_file(movie_copy, tmp_path / "out2", Limits())
+    assert report.status == "sanitized", report.as_json()
+    [run] = tool_runs
     assert run.count("-i") == 4 and run.count("-ss") == 3 and run.count("-skip_frame:v") == 3
+    assert run.count("-discard:v") == 3       # not on the copy's own input: the copy needs every packet
 
 
 def test_a_damaged_keyframe_is_corrupt(tmp_path):
@@ -169,7 +178,7 @@ def test_a_long_file_is_copied_and_sampled_in_two_runs(tmp_path, tool_runs, monk
     ffmpeg queues every packet of the copy through a thread); the walk counts the packets."""
     from worker.formats.av import av_rebuild
 
-    src = _keyframe_film(tmp_path / "film.mp4", 4, 250)
+    src = _keyframe_film(tmp_path / "film.mov", 4, 250)       # QuickTime's: copied by ffmpeg
     packets = sum(t.packets for t in movie.describe(src).tracks)
     assert movie.describe(src).first(b"vide").packets == 100            # 4 s at 25 fps
     monkeypatch.setattr(av_rebuild, "SHARED_RUN_MAX_PACKETS", packets - 1)

@@ -50,6 +50,7 @@ def test_a_video_whose_tools_time_out_is_rejected_and_leaves_no_copy(tmp_path):
 
     clip = tmp_path / "clip.mp4"
     android_like_mp4(clip)
+    (tmp_path / "out").mkdir()     # the copy's folder exists, as the CLI and the worker make it
     report = sanitize_file(clip, tmp_path / "out" / "clip", Limits(timeout_s=0.001))
     assert report.status == "rejected" and report.error.code == "timeout", report.as_json()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

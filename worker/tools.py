@@ -14,12 +14,10 @@ runs). An input that still asks a tool for another protocol is ``unsupported_for
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import time
@@ -75,14 +73,16 @@ def run_tool(args: list[str], limits: Limits, *, what: str,
     input needs more memory than the cap; ``corrupt`` when it exits non-zero otherwise, since ffmpeg
     does that for input it cannot read.
     """
-    exe = shutil.which(args[0])
-    if exe is None:
-        raise SanitizeError("tool_failed", f"{args[0]} is not installed")
     STARTS[args[0]] += 1
     started = time.monotonic()
-    # subprocess.run's own steps, with ``meanwhile`` between the start and the wait
-    with subprocess.Popen([exe, *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                          preexec_fn=_cap_memory(limits.memory_bytes)) as child:
+    # subprocess.run's own steps, with ``meanwhile`` between the start and the wait; the tool is
+    # looked up on PATH by the start itself
+    try:
+        child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 preexec_fn=_cap_memory(limits.memory_bytes))
+    except FileNotFoundError:
+        raise SanitizeError("tool_failed", f"{args[0]} is not installed") from None
+    with child:
         try:
             if meanwhile is not None:
                 meanwhile()
@@ -165,6 +165,8 @@ def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bo
     """ffprobe's JSON of format, streams (with ``extradata_hash``) and chapters. ``share``: the
     same question about the same bytes is asked once more later (a copy's probe, then the
     verifier's): the second ask reuses this run's answer instead of starting ffprobe again."""
+    import json     # here: only what ffprobe describes is JSON
+
     question = ("ffprobe", demuxer)
     recalled = _recall(question, path)
     if recalled is not None:
@@ -261,8 +263,10 @@ def decode_sample_args(path: Path, *, duration: float | None, demuxer: str | Non
     else:
         seeks = _seek_args(sample_ranges(duration), duration)
     inputs, outputs = [], []
+    # an input of its own decodes nothing but the keyframes: its demuxer need not read the rest
+    discard = ["-discard:v", "nokey"] if keyframes_only else []
     for i, seek in enumerate(seeks, start=first_input):
-        inputs += [*_decoder_options(keyframes_only), *seek, *input_args(path, demuxer)]
+        inputs += [*discard, *_decoder_options(keyframes_only), *seek, *input_args(path, demuxer)]
         outputs += _maps(i, indexes)
     return inputs, [*outputs, "-f", "null", "-"]
 
@@ -285,7 +289,8 @@ def _maps(i: int, indexes: list | None) -> list[str]:
 
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
                   indexes: list | None = None, what: str = "decoding", cut_short: bool = False,
-                  share: bool = False, keyframes_only: bool = False, whole: bool = False) -> None:
+                  share: bool = False, keyframes_only: bool = False, whole: bool = False,
+                  meanwhile: Callable[[], object] | None = None) -> None:
     """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the ranges of
     ``sample_ranges`` (one input of the same file for each, seeked and cut), or the whole file
     when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
@@ -299,15 +304,18 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     before it, where ffmpeg's seek starts); see ``av_rebuild``, which copies those very bytes.
     ``whole``: decode the whole file instead of the ranges (one input: see ``av_rebuild``).
     ``share``: the verifier decodes these same bytes next (an audio copy the rebuild checks): its
-    ask is answered by this run (the sample positions are this run's, from this ``duration``)."""
+    ask is answered by this run (the sample positions are this run's, from this ``duration``).
+    ``meanwhile``: as ``run_tool``'s (done here also when no run is needed)."""
     question = ("decode", demuxer, tuple(indexes or ()), cut_short, keyframes_only, whole)
     if _recall(question, path) is not None:
+        if meanwhile is not None:
+            meanwhile()
         return
     inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
                                          keyframes_only=keyframes_only, whole=whole)
     args = [*FFMPEG, *inputs, *outputs]
     try:
-        proc = run_tool(args, limits, what=what)
+        proc = run_tool(args, limits, what=what, meanwhile=meanwhile)
     except SanitizeError as e:
         if e.code == "corrupt":
             raise SanitizeError("corrupt", f"{what}: the media does not decode: {e.message}") from None

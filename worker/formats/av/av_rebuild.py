@@ -28,11 +28,11 @@ upload cut short, odd sample tables).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
+from worker.formats.av import box_copy
 from worker.formats.av.av_inspect import STBL_CHILDREN, inspect_copy, load_copy_readers, pick_streams, vendor_field
 from worker.formats.av.brands import known_av_brand
 from worker.formats.av.movie import Movie, Track, describe
@@ -61,6 +61,8 @@ WHOLE_SAMPLE_KEYFRAMES = 20
 # ffmpeg hands every packet of the copy through a demuxer thread's queue (~3 us each), which from
 # here on costs more than a second start (3 h of AAC: 2.9 s together, 1.7 s apart)
 SHARED_RUN_MAX_PACKETS = 30_000
+# inputs whose copy ``box_copy`` writes when they are plain (QuickTime's and 3GPP's go to ffmpeg)
+BOX_COPIED = frozenset({"mp4", "m4a"})
 
 
 class Muxing(NamedTuple):
@@ -215,7 +217,17 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     sample = {"duration": movie.duration, "demuxer": DEMUXER, "indexes": stream_ids(kept),
               "cut_short": source.media_missing, "keyframes_only": keyframes_only, "whole": whole}
     first = _muxing_for(targets[0], video is not None)
-    # the usual case in one ffmpeg run: the copy into the first target and the input's decode sample
+    # a plain MP4/M4A: our own box copy, written while ffmpeg decodes the input's sample
+    plain = box_copy.plan(src, [t.index for t in kept if t is not None]) if name in BOX_COPIED else None
+    if plain is not None:
+        def write_copy() -> None:
+            box_copy.write(plain, src, dst)
+            load_copy_readers()
+
+        decode_sample(src, limits, what="checking the input", **sample, meanwhile=write_copy)
+        _check_copy(dst, kept)
+        return _rebuilt(first, source, movie, kept)
+    # else, the usual case in one ffmpeg run: the copy into the first target and the input's decode sample
     # (a long file's run apart: SHARED_RUN_MAX_PACKETS); when that run fails or logs anything, the
     # two run apart, as each alone says what failed: an
     # input that does not decode is corrupt (raised here), a muxer that refuses a codec passes to
@@ -236,6 +248,10 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
             raise
         return neutralise_fallback(name, src, dst, refusal, source, kept, limits)
 
+    return _rebuilt(target, source, movie, kept)
+
+
+def _rebuilt(target: Muxing, source: Source, movie: Movie, kept: tuple[Track | None, Track | None]) -> Rebuilt:
     removed = sorted(source.metadata)
     removed += [track.label() for track in movie.tracks if track not in kept]
     removed += ["cover picture"] * movie.covers
@@ -323,12 +339,12 @@ def _plan_box(f: BinaryIO, box: Box, handler: bytes, plan: Plan) -> None:
                 plan.zero.append((box.payload_start + pos + DREF_ENTRY_HEADER, box.payload_start + pos + size))
     elif box.type == b"stbl":
         plan.tracks.append((handler, box))
-        _plan_sample_entries(f, box, handler, plan)
+        plan_sample_entries(f, box, handler, plan)
     if box.type in KEEP_CHILDREN:
         _plan_children(f, box, handler, plan)
 
 
-def _plan_sample_entries(f: BinaryIO, stbl: Box, handler: bytes, plan: Plan) -> None:
+def plan_sample_entries(f: BinaryIO, stbl: Box, handler: bytes, plan: Plan) -> None:
     """Drop what a sample entry holds beyond decoder configuration (an iTunes ``pinf`` names the
     buyer), and zero each visual entry's 32-byte compressor name (it can name the device's encoder)."""
     stsd = next((b for b in iter_boxes(f, stbl.payload_start, stbl.end) if b.type == b"stsd"), None)
@@ -457,6 +473,8 @@ def neutralise_fallback(name: str, src: Path, dst: Path, refusal: SanitizeError,
 def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[Track | None, Track | None],
                 limits: Limits) -> Rebuilt:
     from worker.formats.av.isobmff import classify     # isobmff imports this module; the copy is judged as identify will
+
+    import shutil   # here: only the fallback copies a file whole
 
     with open(src, "rb") as f:
         plan = plan_neutralise(f)
