@@ -1,4 +1,8 @@
-"""The agency copy of an ISO-BMFF video or audio file: an ffmpeg stream copy by allow-list.
+"""The agency copy of an ISO-BMFF video or audio file: a stream copy by allow-list.
+
+A plain MP4 or M4A (``box_copy.plan`` says which) is copied by our own box copy, written while
+ffmpeg decodes the input's sample, and ffmpeg muxes nothing. Every other input (QuickTime, 3GPP,
+fragmented files, PCM, several sample descriptions…) is an ffmpeg stream copy, as follows.
 
 Only the first real video stream (never a cover picture) and the first audio stream are mapped;
 every tag, chapter, data/subtitle/timecode track (GoPro GPMF, Apple ``mebx`` timed metadata) is
@@ -21,7 +25,8 @@ bench's 10 s film, whose keyframes x264 set 250 frames apart). A short film (at 
 keyframes) is decoded whole in the same input as the copy: every keyframe and all its sound, the
 file opened once. When that run fails or logs anything, the decode sample and the remux run apart,
 so that a failure is put down to the input or to the muxer as before. Tools: that one ffmpeg run
-(two for a file of more than 30,000 packets, about 11 minutes of AAC, where sharing costs more).
+(two for a file of more than 30,000 packets, about 11 minutes of AAC, where sharing costs more);
+for a plain MP4/M4A one run that only decodes, its inputs' demuxers discarding all but keyframes.
 The verifier proves the copy's samples and decoder configuration by bytes against the input's
 (``stream_proof``, ``movie``) and decodes the copy only where the input gives no such proof (an
 upload cut short, odd sample tables).

@@ -10,16 +10,23 @@ order, kernel to kernel (``copy_file_range``).
 What the copy holds, by allow-list (what the verifier's walk, ``av_inspect``, reads again):
 
 - ``ftyp``: the brands ffmpeg's MP4 muxer writes (``M4A `` for a sound-only copy);
-- ``moov``: ``mvhd`` with its times zeroed, then each kept ``trak`` in the input's order:
-  ``tkhd`` (times zeroed; the display matrix kept, so the rotation is the input's), ``edts/elst``
-  as they are (the edit list times the media; nothing else is in it), ``mdia`` with ``mdhd``
-  (times zeroed), a new ``hdlr`` named as ffmpeg names it, and ``minf`` with the input's
-  ``vmhd``/``smhd``, a new self-contained ``dinf`` and the sample table: the input's tables as
-  they are (``STBL_CHILDREN``) but for the chunk offsets, written anew, and the sample
-  description, whose vendor fields and compressor name are zeroed and whose boxes beyond decoder
+- ``moov``: ``mvhd``, then each kept ``trak`` in the input's order with ``tkhd``, ``edts/elst``,
+  ``mdia`` (``mdhd``, ``hdlr``, ``minf``: ``vmhd``/``smhd``, ``dinf``, ``stbl``). The header
+  boxes are rebuilt field by field (``MVHD``, ``TKHD``, ``MDHD``): what plays the media is kept
+  (time scales, durations, the display matrix, so the rotation is the input's, track ids, sizes,
+  language), times, reserved and pre-defined fields are zeros. ``hdlr`` (named as ffmpeg names
+  it), ``dinf`` (self-contained) and ``vmhd``/``smhd`` are written anew. The edit list and the
+  sample tables are the input's, each only when its size is exactly what its entry count says
+  (no byte can follow the entries), but for the chunk offsets, written anew; the sample
+  description's vendor fields and compressor name are zeroed and its boxes beyond decoder
   configuration become zeroed ``free`` boxes (the neutralising plan's own rules);
 - ``mdat``: the kept tracks' chunks, nothing else; every other box (``udta``, ``meta``, ``uuid``,
   other tracks, ``free`` space) is left behind.
+
+So the copy plays as the input does: the same packets with the same times, edit list and last
+durations (ffmpeg's stream copy may change the time base, and writes an edit list of its own for
+AAC's priming samples, from the tags where iTunes keeps them). tests/test_box_copy.py holds both
+to the input's packets.
 
 Only what is plain is copied this way (else ``plan`` returns None and ffmpeg copies as before):
 an MP4/M4A input (not QuickTime: its sound descriptions differ), one ``moov`` and no fragments,
@@ -65,7 +72,7 @@ class TrackPlan(NamedTuple):
 
 
 class Plan(NamedTuple):
-    mvhd: bytes                          # payload, times zeroed
+    mvhd: bytes                          # payload, rebuilt field by field
     tracks: list[TrackPlan]
     chunks: list[Chunk]                  # every kept chunk, in the input's file order
     audio_only: bool
@@ -75,24 +82,24 @@ def box(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I4s", 8 + len(payload), kind) + payload
 
 
-# the header boxes, field by field: (width of version 0's, version 1's) of each field in order, and
-# whether it is kept; times, reserved and pre-defined fields are written as zeros
-MVHD = (("flags", 4, 4, True), ("created", 4, 8, False), ("modified", 4, 8, False), ("timescale", 4, 4, True),
+# the header boxes, field by field: (name, width in version 0, width in version 1, kept) in order;
+# times, reserved and pre-defined fields (and flags but a track's) are written as zeros
+MVHD = (("version", 1, 1, True), ("flags", 3, 3, False), ("created", 4, 8, False), ("modified", 4, 8, False), ("timescale", 4, 4, True),
         ("duration", 4, 8, True), ("rate", 4, 4, True), ("volume", 2, 2, True), ("reserved", 10, 10, False),
         ("matrix", 36, 36, True), ("pre_defined", 24, 24, False), ("next_track_id", 4, 4, True))
-TKHD = (("flags", 4, 4, True), ("created", 4, 8, False), ("modified", 4, 8, False), ("track_id", 4, 4, True),
+TKHD = (("version", 1, 1, True), ("flags", 3, 3, True), ("created", 4, 8, False), ("modified", 4, 8, False), ("track_id", 4, 4, True),
         ("reserved", 4, 4, False), ("duration", 4, 8, True), ("reserved", 8, 8, False), ("layer", 2, 2, True),
         ("alternate_group", 2, 2, True), ("volume", 2, 2, True), ("reserved", 2, 2, False), ("matrix", 36, 36, True),
         ("width", 4, 4, True), ("height", 4, 4, True))
-MDHD = (("flags", 4, 4, True), ("created", 4, 8, False), ("modified", 4, 8, False), ("timescale", 4, 4, True),
+MDHD = (("version", 1, 1, True), ("flags", 3, 3, False), ("created", 4, 8, False), ("modified", 4, 8, False), ("timescale", 4, 4, True),
         ("duration", 4, 8, True), ("language", 2, 2, True), ("pre_defined", 2, 2, False))
 VMHD = struct.pack(">I6x", 1)            # flags 1, graphics mode copy, no colour: what every muxer writes
 SMHD = bytes(8)                          # balance centred
 
 
 def _fields(payload: bytes, layout: tuple) -> bytes | None:
-    """A header box's payload rebuilt from the fields ``layout`` keeps (the version byte kept, every
-    other field zeroed); None when the payload is not exactly that long."""
+    """A header box's payload rebuilt from the fields ``layout`` keeps, every other field zeroed;
+    None when the payload is not exactly as long as the layout of its version."""
     version = payload[:1]
     if version not in (b"\0", b"\1"):
         return None
@@ -103,7 +110,6 @@ def _fields(payload: bytes, layout: tuple) -> bytes | None:
     for width, kept in widths:
         out += payload[pos:pos + width] if kept else bytes(width)
         pos += width
-    out[0:1] = version
     return bytes(out)
 
 
