@@ -149,6 +149,20 @@ def test_what_is_not_plain_goes_to_ffmpeg(clips, tmp_path):
     trailing.write_bytes(bytes(data))
     assert box_copy.plan(clips["android.mp4"], [0, 1]) is not None
     assert box_copy.plan(trailing, [0, 1]) is None
+    # a sample entry reading its data through another data reference than the copy's one
+    data = bytearray(clips["android.mp4"].read_bytes())
+    entry = data.index(b"avc1", data.index(b"stsd")) - 4
+    struct.pack_into(">H", data, entry + 14, 2)
+    elsewhere = tmp_path / "elsewhere.mp4"
+    elsewhere.write_bytes(bytes(data))
+    assert box_copy.plan(elsewhere, [0, 1]) is None
+    # sample tables that do not read as the plan needs (stsc runs out of order): ffmpeg has its say
+    data = bytearray(clips["android.mp4"].read_bytes())
+    stsc = data.index(b"stsc") + 4                       # its payload: version, count, runs
+    struct.pack_into(">I", data, stsc + 8, 0)            # the first run starts at chunk 0: corrupt
+    unordered = tmp_path / "unordered.mp4"
+    unordered.write_bytes(bytes(data))
+    assert box_copy.plan(unordered, [0, 1]) is None
 
 
 def test_overlapping_chunks_are_not_copied_as_they_are(clips, tmp_path):

@@ -207,7 +207,7 @@ def _track(f: BinaryIO, trak: Box, handler: bytes, size: int) -> tuple[TrackPlan
     if stsd is None or stsc is None or stsz is None or stco is None or b"co64" in tables or b"stz2" in tables:
         return None
     codecs = sample_entry_types(f, stsd)
-    if len(codecs) != 1 or codecs[0] not in PLAIN_CODECS or not _plain_sound(f, stsd, handler):
+    if len(codecs) != 1 or codecs[0] not in PLAIN_CODECS or not _plain_entry(f, stsd, handler):
         return None
     description = _sample_description(f, stsd, stbl, handler)
     if description is None:
@@ -242,19 +242,28 @@ def _track(f: BinaryIO, trak: Box, handler: bytes, size: int) -> tuple[TrackPlan
     return TrackPlan(handler, boxes, b"".join(before), b"".join(after), len(offsets)), chunks
 
 
-def _plain_sound(f: BinaryIO, stsd: Box, handler: bytes) -> bool:
-    if handler != b"soun":
-        return True
+def _plain_entry(f: BinaryIO, stsd: Box, handler: bytes) -> bool:
+    """Whether the one sample entry reads its data from this file (data reference 1, the only
+    one the copy has) and, for sound, is a version 0 description (the layout MP4 defines)."""
     entry = next(iter_boxes(f, stsd.payload_start + 8, stsd.end), None)
-    if entry is None or entry.payload_size < 28:
+    if entry is None or entry.header != 8 or entry.payload_size < (28 if handler == b"soun" else 8):
         return False
-    f.seek(entry.payload_start + 8)
-    return f.read(2) == b"\0\0"      # sound description version 0: the layout MP4 defines
+    f.seek(entry.payload_start + 6)
+    fields = f.read(4)
+    return fields[:2] == b"\0\1" and (handler != b"soun" or fields[2:] == b"\0\0")
 
 
 def plan(src: Path, kept: list[int]) -> Plan | None:
     """The box copy of ``src`` keeping the traks at places ``kept`` (in file order), or None when
-    ``src`` is not plain enough for it (then ffmpeg copies it). Reads only."""
+    ``src`` is not plain enough for it, or its boxes do not read as this plan needs them (then
+    ffmpeg copies it, and has its say on the file). Reads only."""
+    try:
+        return _plan(src, kept)
+    except SanitizeError:
+        return None
+
+
+def _plan(src: Path, kept: list[int]) -> Plan | None:
     with open(src, "rb") as f:
         size = media_extent(f, file_size(f))
         top = list(iter_boxes(f, 0, size))
