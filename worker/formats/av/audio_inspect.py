@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -118,16 +119,22 @@ def sample_decode_findings(path: Path, duration: float | None) -> list[str]:
     return []
 
 
-def check_frames_decode(copy: Path, limits: Limits, duration: float | None = None) -> None:
+def check_frames_decode(copy: Path, limits: Limits, duration: float | None = None, *,
+                        reader: str | None = None) -> None:
     """The rebuild's check of the input: an audio copy holds the upload's frames byte for byte, so
     when a decode sample of the copy fails, the upload's audio is broken (``corrupt``), and the
     verifier's own decode keeps meaning "our rebuild is wrong". Run on the copy, not the input,
     so that junk after the last frame (which the copy no longer holds) cannot fail it. The verifier's
-    decode of the copy is the same question about the same bytes: this run answers it too."""
+    decode of the copy is the same question about the same bytes: this run answers it too.
+    ``reader``: the module of the verifier's mutagen reader, imported while ffmpeg decodes."""
+    import importlib
+
     from worker.tools import decode_sample
 
+    load_reader = None if reader is None else partial(importlib.import_module, reader)
     try:
-        decode_sample(copy, limits, duration=duration, what="checking the upload's audio", share=True)
+        decode_sample(copy, limits, duration=duration, what="checking the upload's audio", share=True,
+                      meanwhile=load_reader)
     except SanitizeError as e:
         if e.code == "corrupt":
             raise SanitizeError("corrupt", f"the upload's audio frames do not decode: {e.message}") from None

@@ -319,7 +319,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                 out.write(_block_header(block_type, length, last=index == len(kept) - 1))
                 out.write(data[payload:payload + length])
             write_range(out, data, frames_start, frames_end)
-    check_frames_decode(dst, limits, duration)
+    check_frames_decode(dst, limits, duration, reader="mutagen.flac")
     return Rebuilt(format="flac", media_type="audio/flac", extension=".flac", removed=tuple(removed))
 
 

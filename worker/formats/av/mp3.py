@@ -485,7 +485,7 @@ def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
                     start = blank[1]
                     blank = next(blanks, None)
                 write_range(out, data, start, stop)
-    check_frames_decode(dst, limits, result.samples / result.sample_rate)
+    check_frames_decode(dst, limits, result.samples / result.sample_rate, reader="mutagen.mp3")
     return Rebuilt(format="mp3", media_type="audio/mpeg", extension=".mp3", removed=tuple(result.removed))
 
 
