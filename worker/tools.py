@@ -64,16 +64,16 @@ def run_tool(args: list[str], limits: Limits, *, what: str,
              meanwhile: Callable[[], object] | None = None) -> subprocess.CompletedProcess:
     """Run ``args`` (never a shell string). Returns the completed process when it exited 0.
 
-    ``meanwhile``: work of this process's own that does not depend on the tool (importing what the
-    verifier reads the copy with), done while the tool runs rather than after it; the timeout
-    counts from the start. Whatever it raises is raised after the tool has been stopped.
+    ``meanwhile``: work of this process's own that does not depend on the tool (writing a copy of
+    our own, importing what the verifier reads the copy with), done while the tool runs rather
+    than after it; the timeout counts from the start. Whatever it raises is raised after the tool
+    has been stopped.
 
     Raises SanitizeError: ``timeout`` past limits.timeout_s; ``tool_failed`` when the tool is missing,
     cannot start under the memory cap, or is killed by a signal (a crash); ``too_large`` when the
     input needs more memory than the cap; ``corrupt`` when it exits non-zero otherwise, since ffmpeg
     does that for input it cannot read.
     """
-    STARTS[args[0]] += 1
     started = time.monotonic()
     # subprocess.run's own steps, with ``meanwhile`` between the start and the wait; the tool is
     # looked up on PATH by the start itself
@@ -82,6 +82,7 @@ def run_tool(args: list[str], limits: Limits, *, what: str,
                                  preexec_fn=_cap_memory(limits.memory_bytes))
     except FileNotFoundError:
         raise SanitizeError("tool_failed", f"{args[0]} is not installed") from None
+    STARTS[args[0]] += 1
     with child:
         try:
             if meanwhile is not None:

@@ -477,9 +477,9 @@ def neutralise_fallback(name: str, src: Path, dst: Path, refusal: SanitizeError,
 
 def _neutralise(name: str, src: Path, dst: Path, source: Source, streams: tuple[Track | None, Track | None],
                 limits: Limits) -> Rebuilt:
-    from worker.formats.av.isobmff import classify     # isobmff imports this module; the copy is judged as identify will
-
     import shutil   # here: only the fallback copies a file whole
+
+    from worker.formats.av.isobmff import classify     # isobmff imports this module; the copy is judged as identify will
 
     with open(src, "rb") as f:
         plan = plan_neutralise(f)
