@@ -15,7 +15,7 @@ from tests.conftest import CORPUS, corpus_oracle, corpus_params, expected_fix
 from tests.readback import TECHNICAL_GROUPS, exiftool, sensitive_tags
 from worker import formats
 from worker import icc as icc_profiles
-from worker.errors import REJECTING_CODES
+from worker.errors import REJECTING_CODES, SanitizeError
 from worker.formats.base import Limits
 from worker.formats.photo.heif import image_codec
 from worker.sanitizer import Report, sanitize_file
@@ -288,3 +288,30 @@ def test_write_jpeg_keeps_a_visually_equal_copy_of_a_grainy_picture(tmp_path):
     with Image.open(tmp_path / "copy.jpg") as copy:
         copy.load()
         assert quality > 95 and psnr(grain, copy) >= VISUALLY_EQUAL_DB
+
+
+def test_the_quality_checks_decode_of_the_copy_answers_the_verifiers_once(tmp_path, monkeypatch):
+    """The rebuild's quality check decoded the whole JPEG it wrote: the verifier's decode of those
+    very bytes is answered by it (one full decode, not two); bytes changed after it are decoded."""
+    from worker import verify
+
+    src = tmp_path / "photo.heic"
+    iphone_like_heic(src)
+    decodes: list[Path] = []
+    full = verify.pillow_findings
+    monkeypatch.setattr(verify, "pillow_findings", lambda path: decodes.append(path) or full(path))
+    fmt = formats.identify(src)
+    copy = tmp_path / "copy.partial"
+    rebuilt = fmt.rebuild(src, copy, Limits())
+    verify.verify_copy(copy, rebuilt, src, source_format=fmt.name)
+    assert decodes == []
+    rebuilt = fmt.rebuild(src, copy, Limits())
+    copy.write_bytes(copy.read_bytes()[:-2] + b"\xff\xd9")     # rewritten after the check: new bytes
+    verify.verify_copy(copy, rebuilt, src, source_format=fmt.name)
+    assert decodes == [copy]
+    truncated = copy.read_bytes()
+    rebuilt = fmt.rebuild(src, copy, Limits())
+    copy.write_bytes(truncated[:len(truncated) // 2])           # cut after the check: refused
+    with pytest.raises(SanitizeError) as refused:
+        verify.verify_copy(copy, rebuilt, src, source_format=fmt.name)
+    assert refused.value.code == "verify_failed"

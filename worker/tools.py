@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from worker.answers import recall, remember
 from worker.errors import SanitizeError
 from worker.formats.base import Limits
 
@@ -115,53 +116,6 @@ def run_tool(args: list[str], limits: Limits, *, what: str,
     return proc
 
 
-# --- one run per tool question ------------------------------------------------------------------
-#
-# The rebuild asks a tool about the copy it wrote (ffprobe after a remux or a neutralising, a decode
-# sample of an audio copy), and the verifier then asks the same question of the same bytes. The answer is kept
-# here, keyed by the question and by the file's identity (device, inode, size, modification and
-# change times, and a hash of its first and last 64 KiB), and handed to the next asker once: the
-# check still happens, once. Only answers that passed are kept (a failure ends the job anyway);
-# a few at most, so a job that stopped between the two asks leaves nothing that grows.
-
-ANSWERS: dict[tuple, object] = {}
-MAX_ANSWERS = 4
-FINGERPRINT_BYTES = 1 << 16
-
-
-def _file_identity(path: Path) -> tuple | None:
-    import hashlib      # here: a file whose tool answers are not shared never loads OpenSSL's hashes
-
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            digest = hashlib.sha256(f.read(FINGERPRINT_BYTES))
-            if st.st_size > FINGERPRINT_BYTES:
-                f.seek(max(st.st_size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
-                digest.update(f.read(FINGERPRINT_BYTES))
-    except OSError:
-        return None
-    return (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-            digest.hexdigest())
-
-
-def _remember(question: tuple, path: Path, answer: object) -> None:
-    identity = _file_identity(path)
-    if identity is None:
-        return
-    while len(ANSWERS) >= MAX_ANSWERS:
-        ANSWERS.pop(next(iter(ANSWERS)))
-    ANSWERS[(question, identity)] = answer
-
-
-def _recall(question: tuple, path: Path) -> object | None:
-    """The answer given to ``question`` about these very bytes, once; None when there is none."""
-    if not ANSWERS:
-        return None
-    identity = _file_identity(path)
-    return None if identity is None else ANSWERS.pop((question, identity), None)
-
-
 def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bool = False) -> dict:
     """ffprobe's JSON of format, streams (with ``extradata_hash``) and chapters. ``share``: the
     same question about the same bytes is asked once more later (a copy's probe, then the
@@ -169,7 +123,7 @@ def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bo
     import json     # here: only what ffprobe describes is JSON
 
     question = ("ffprobe", demuxer)
-    recalled = _recall(question, path)
+    recalled = recall(question, path)
     if recalled is not None:
         return json.loads(recalled)
     # -show_data_hash: each stream's extradata (decoder configuration) hashed, for the verifier's proof
@@ -181,7 +135,7 @@ def ffprobe(path: Path, limits: Limits, demuxer: str | None = None, *, share: bo
     except json.JSONDecodeError:
         raise SanitizeError("corrupt", "ffprobe gave no readable description of the input") from None
     if share:
-        _remember(question, path, proc.stdout or b"{}")
+        remember(question, path, proc.stdout or b"{}")
     return probe
 
 
@@ -308,7 +262,7 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     ask is answered by this run (the sample positions are this run's, from this ``duration``).
     ``meanwhile``: as ``run_tool``'s (done here also when no run is needed)."""
     question = ("decode", demuxer, tuple(indexes or ()), cut_short, keyframes_only, whole)
-    if _recall(question, path) is not None:
+    if recall(question, path) is not None:
         if meanwhile is not None:
             meanwhile()
         return
@@ -326,7 +280,7 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
         # -v error prints only errors: a decoder that conceals a damaged frame still says so
         raise SanitizeError("corrupt", f"{what}: the media does not decode cleanly: {stderr.splitlines()[0][:300]}")
     if share:
-        _remember(question, path, True)
+        remember(question, path, True)
 
 
 def copy_and_decode_sample(copy_args: list[str], path: Path, limits: Limits, *, duration: float | None,

@@ -20,12 +20,15 @@ from typing import Callable
 from PIL import Image, ImageChops, ImageOps
 
 from worker import icc as icc_profiles
+from worker.answers import remember
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
 from worker.formats.base import Limits, Rebuilt
 
 # Tried in order until the copy is visually equal to the decoded input: 95 is plenty for camera
 # photos; lossless sources (TIFF scans, screenshots) with fine detail can need more.
 JPEG_QUALITIES = (95, 98, 100)
+# the question the quality check answers for the verifier (worker.answers): Pillow decodes the copy
+PILLOW_DECODES = ("pillow decodes",)
 VISUALLY_EQUAL_DB = 41.0       # PSNR; 40 dB is the usual "visually equal" line, with a margin
 JPEG_SUBSAMPLING_444 = 0       # Pillow's code for 4:4:4: no chroma loss on re-encoding
 # the colour space an ICC profile describes (header bytes 16..20) -> the JPEG mode it needs
@@ -261,7 +264,11 @@ def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
             save_jpeg(picture, dst, quality, keep_icc)
         except OSError as e:
             raise SanitizeError("internal", f"writing the JPEG copy failed: {e}") from None
-        if quality == JPEG_QUALITIES[-1] or visually_equal(picture, dst):
+        if quality == JPEG_QUALITIES[-1]:
+            break
+        if visually_equal(picture, dst):
+            # that check decoded the whole copy: the verifier's decode of these bytes is answered
+            remember(PILLOW_DECODES, dst, True)
             break
     return quality
 
