@@ -161,12 +161,13 @@ def test_box_walker(data):
 
 
 def sample_tables(data: bytes) -> None:
-    """The verifier's byte-proof walk and the movie walk that stands in for ffprobe (tracks,
-    codecs, decoder configuration) of an ISO-BMFF file: a SanitizeError or an answer, nothing else."""
+    """The verifier's byte-proof walk, the movie walk that stands in for ffprobe (tracks, codecs,
+    decoder configuration) and the box copy's plan of an ISO-BMFF file: a SanitizeError or an
+    answer, nothing else (the plan never refuses: it is a plan or None, and a plan lays out)."""
     import tempfile
     from pathlib import Path
 
-    from worker.formats.av import movie, stream_proof
+    from worker.formats.av import box_copy, movie, stream_proof
 
     with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
         tmp.write(data)
@@ -175,6 +176,10 @@ def sample_tables(data: bytes) -> None:
         assert bounded(stream_proof.differences, Path(tmp.name), Path(tmp.name), {"video": 0, "audio": 1}) in (None, [])
         described = bounded(movie.describe, Path(tmp.name))
         assert described is None or all(t.duration >= 0 and isinstance(t.rotation, float) for t in described.tracks)
+        planned = box_copy.plan(Path(tmp.name), [0, 1])
+        if planned is not None:
+            head, mdat_header, targets = box_copy.layout(planned)
+            assert len(targets) == len(planned.chunks) and head[4:8] == b"ftyp"
 
 
 @FUZZ
