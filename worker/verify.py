@@ -196,7 +196,7 @@ def verify_copy(path: Path, rebuilt: Rebuilt, source: Path | None = None, source
             # pixels produced (a re-encode) and already decoded whole by the rebuild's quality
             # check, which compared them with the picture: the same decode of the same bytes is not
             # run twice; Pillow's header parse still reads what the copy holds
-            findings += pillow_header_findings(path, fmt.name)
+            findings += pillow_header_findings(path, fmt.name, file_bytes(path))
         else:
             forget_file(path)   # its walk (inspect) is done; the decode reads the file on its own
             findings += pillow_findings(path)

@@ -232,11 +232,10 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
         decode_sample(src, limits, what="checking the input", **sample, meanwhile=write_copy)
         _check_copy(dst, kept)
         return _rebuilt(first, source, movie, kept)
-    # else, the usual case in one ffmpeg run: the copy into the first target and the input's decode sample
-    # (a long file's run apart: SHARED_RUN_MAX_PACKETS); when that run fails or logs anything, the
-    # two run apart, as each alone says what failed: an
-    # input that does not decode is corrupt (raised here), a muxer that refuses a codec passes to
-    # the next target
+    # else, the usual case in one ffmpeg run: the copy into the first target and the input's decode
+    # sample (a long file's run apart: SHARED_RUN_MAX_PACKETS); when that run fails or logs anything,
+    # the two run apart, as each alone says what failed: an input that does not decode is corrupt
+    # (raised here), a muxer that refuses a codec passes to the next target
     copied = (sum(track.packets for track in kept if track is not None) <= SHARED_RUN_MAX_PACKETS
               and copy_and_decode_sample(remux_args(src, dst, first, stream_ids(kept)), src, limits, **sample,
                                          meanwhile=load_copy_readers))

@@ -65,7 +65,9 @@ class Chunk(NamedTuple):
 
 class TrackPlan(NamedTuple):
     handler: bytes                       # b"vide" or b"soun"
-    boxes: list[tuple[bytes, bytes]]     # tkhd, edts, mdhd: (type, payload) each
+    tkhd: bytes                          # payloads, rebuilt field by field
+    mdhd: bytes
+    edits: bytes | None                  # the elst payload, None without an edit list
     stbl_before: bytes                   # the sample table's boxes before the chunk offsets, whole
     stbl_after: bytes                    # and after them
     chunks: int                          # how many chunks its offset table lists
@@ -178,27 +180,29 @@ def _sample_description(f: BinaryIO, stsd: Box, stbl: Box, handler: bytes) -> by
     return bytes(data)
 
 
-def _track(f: BinaryIO, trak: Box, handler: bytes, size: int) -> tuple[TrackPlan, list[tuple[int, int]]] | None:
+def _track(f: BinaryIO, trak: Box, size: int) -> tuple[TrackPlan, list[tuple[int, int]]] | None:
     """A kept trak's part of the plan and its chunks' (offset, length), or None when it is not plain."""
     top = _children(f, trak)
-    tkhd, mdia = _one(top, b"tkhd"), _one(top, b"mdia")
-    if tkhd is None or mdia is None:
+    tkhd_box, mdia = _one(top, b"tkhd"), _one(top, b"mdia")
+    if tkhd_box is None or mdia is None:
         return None
-    boxes = [(b"tkhd", _fields(read_payload(f, tkhd, 4096), TKHD))]
+    media = _children(f, mdia)
+    mdhd_box, hdlr, minf = _one(media, b"mdhd"), _one(media, b"hdlr"), _one(media, b"minf")
+    if mdhd_box is None or hdlr is None or minf is None:
+        return None
+    handler = read_payload(f, hdlr, 4096)[8:12]
+    tkhd, mdhd = _fields(read_payload(f, tkhd_box, 4096), TKHD), _fields(read_payload(f, mdhd_box, 4096), MDHD)
+    if handler not in HANDLER_NAMES or tkhd is None or mdhd is None:
+        return None
+    edits = None
     edts = _one(top, b"edts")
     if edts is not None:
         elst = _one(_children(f, edts), b"elst")
         edits = _edit_list(read_payload(f, elst, MAX_TABLE)) if elst is not None else None
         if edits is None:
             return None
-        boxes.append((b"edts", box(b"elst", edits)))
-    media = _children(f, mdia)
-    mdhd, minf = _one(media, b"mdhd"), _one(media, b"minf")
-    if mdhd is None or minf is None:
-        return None
-    boxes.append((b"mdhd", _fields(read_payload(f, mdhd, 4096), MDHD)))
     stbl = _one(_children(f, minf), b"stbl")
-    if stbl is None or any(payload is None for _, payload in boxes):
+    if stbl is None:
         return None
     tables = _children(f, stbl)
     if any(kind not in STBL_CHILDREN for kind in tables) or any(len(found) > 1 for found in tables.values()):
@@ -239,7 +243,7 @@ def _track(f: BinaryIO, trak: Box, handler: bytes, size: int) -> tuple[TrackPlan
             if payload is None:
                 return None
             (after if passed else before).append(box(child.type, payload))
-    return TrackPlan(handler, boxes, b"".join(before), b"".join(after), len(offsets)), chunks
+    return TrackPlan(handler, tkhd, mdhd, edits, b"".join(before), b"".join(after), len(offsets)), chunks
 
 
 def _plain_entry(f: BinaryIO, stsd: Box, handler: bytes) -> bool:
@@ -277,20 +281,15 @@ def _plan(src: Path, kept: list[int]) -> Plan | None:
             return None
         traks = moov.get(b"trak", [])
         tracks, chunks = [], []
-        handlers = []
         for place in sorted(kept):
             if not 0 <= place < len(traks):
                 return None
-            handler = _handler(f, traks[place])
-            if handler not in HANDLER_NAMES:
-                return None
-            planned = _track(f, traks[place], handler, size)
+            planned = _track(f, traks[place], size)
             if planned is None:
                 return None
             track, ranges = planned
             chunks += [Chunk(offset, length, len(tracks), number) for number, (offset, length) in enumerate(ranges)]
             tracks.append(track)
-            handlers.append(handler)
         mvhd_payload = _fields(read_payload(f, mvhd, 4096), MVHD)
     if mvhd_payload is None:
         return None
@@ -301,13 +300,7 @@ def _plan(src: Path, kept: list[int]) -> Plan | None:
     for chunk in chunks:
         if not any(m.payload_start <= chunk.offset and chunk.offset + chunk.length <= m.end for m in mdats):
             return None
-    return Plan(mvhd_payload, tracks, chunks, audio_only=b"vide" not in handlers)
-
-
-def _handler(f: BinaryIO, trak: Box) -> bytes:
-    mdia = _one(_children(f, trak), b"mdia")
-    hdlr = _one(_children(f, mdia), b"hdlr") if mdia is not None else None
-    return read_payload(f, hdlr, 4096)[8:12] if hdlr is not None else b""
+    return Plan(mvhd_payload, tracks, chunks, audio_only=all(t.handler != b"vide" for t in tracks))
 
 
 def _hdlr(handler: bytes) -> bytes:
@@ -320,15 +313,14 @@ DINF = box(b"dinf", box(b"dref", struct.pack(">II", 0, 1) + box(b"url ", struct.
 def _moov(p: Plan, offsets: list[list[int]], large: bool) -> bytes:
     traks = []
     for track, table in zip(p.tracks, offsets):
-        children = dict(track.boxes)
         offsets_box = (box(b"co64", struct.pack(f">II{len(table)}Q", 0, len(table), *table)) if large
                        else box(b"stco", struct.pack(f">II{len(table)}I", 0, len(table), *table)))
         stbl = box(b"stbl", track.stbl_before + offsets_box + track.stbl_after)
         media_header = box(b"vmhd", VMHD) if track.handler == b"vide" else box(b"smhd", SMHD)
         minf = box(b"minf", media_header + DINF + stbl)
-        mdia = box(b"mdia", box(b"mdhd", children[b"mdhd"]) + _hdlr(track.handler) + minf)
-        edts = box(b"edts", children[b"edts"]) if b"edts" in children else b""
-        traks.append(box(b"trak", box(b"tkhd", children[b"tkhd"]) + edts + mdia))
+        mdia = box(b"mdia", box(b"mdhd", track.mdhd) + _hdlr(track.handler) + minf)
+        edts = box(b"edts", box(b"elst", track.edits)) if track.edits is not None else b""
+        traks.append(box(b"trak", box(b"tkhd", track.tkhd) + edts + mdia))
     return box(b"moov", box(b"mvhd", p.mvhd) + b"".join(traks))
 
 
