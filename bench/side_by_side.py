@@ -268,7 +268,25 @@ def run(sample: dict[str, Path], folder: Path, work: Path, runs: int, with_scali
         table.append({"case": case.name, "sample": case.sample, "runs": runs,
                       "mediasan": {k: v for k, v in ours.items() if k != "runs"}, "peers": rows,
                       "raw": {label: f["runs"] for label, f in figures.items()}})
+    picture_note = heic_peak_against_picture(table, sample)
+    if picture_note:
+        notes.append(picture_note)
     return {"cases": table, "notes": notes, "scaling": scaling(sample, folder, work) if with_scaling else None}
+
+
+def heic_peak_against_picture(table: list[dict], sample: dict[str, Path]) -> str | None:
+    """#10's memory figure: the HEIC case's peak above a bare start (the start case's peak: the
+    interpreter and its imports), against the decoded picture (RGB, 3 bytes a pixel)."""
+    peaks = {row["case"]: row["mediasan"]["peak_mb"] for row in table}
+    heic = next((peak for case, peak in peaks.items() if "HEIC" in case), None)
+    start = next((peak for case, peak in peaks.items() if case.startswith("start")), None)
+    if heic is None or start is None or "heic" not in sample:
+        return None
+    import pillow_heif
+    width, height = pillow_heif.open_heif(sample["heic"]).size
+    picture_mb = width * height * 3 / 1024 ** 2   # the MB of peak_mb: KiB / 1024
+    return (f"HEIC peak {heic:.0f} MB = {heic - start:.0f} MB above a bare start ({start:.0f} MB) = "
+            f"{(heic - start) / picture_mb:.2f}x the decoded {width}x{height} RGB picture ({picture_mb:.0f} MB)")
 
 
 def install_peers() -> list[str]:

@@ -239,7 +239,7 @@ def test_the_check_as_it_decodes_measures_what_a_full_decode_measures(tmp_path):
     import io
 
     from worker.formats.photo.reencode import (_streamed_squares, _to_db, _WatchedBytes, encode_jpeg, psnr,
-                                               visually_equal)
+                                               rows_of, visually_equal)
     reference = noisy_picture((700, 530))   # rows not a multiple of a strip, width not of a page
     for quality in (60, 97):
         data = encode_jpeg(reference, quality, None)
@@ -248,7 +248,7 @@ def test_the_check_as_it_decodes_measures_what_a_full_decode_measures(tmp_path):
             expected = psnr(reference, whole)
         feed = _WatchedBytes(data)
         with Image.open(feed) as decoded:
-            assert _to_db(_streamed_squares(reference, decoded, feed, rows=16), 700 * 530 * 3) == expected
+            assert _to_db(_streamed_squares(rows_of(reference), decoded, feed, rows=16), 700 * 530 * 3) == expected
         (tmp_path / "copy.jpg").write_bytes(data)
         assert visually_equal(reference, tmp_path / "copy.jpg") == visually_equal(reference, data) == (expected >= 41)
 

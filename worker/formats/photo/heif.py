@@ -21,7 +21,8 @@ from worker.errors import SanitizeError, corrupt, too_large, truncated
 from worker.exif import describe_exif, locate_in_exif
 from worker.formats.base import Format, Limits, Rebuilt
 from worker.formats.walkers.boxes import children_start, file_size, iter_boxes, read_payload
-from worker.formats.photo.reencode import write_jpeg
+from worker.formats.photo.heif_tiles import TileError, open_tiles
+from worker.formats.photo.reencode import icc_space, write_jpeg, write_jpeg_in_bands
 from worker.location import Found, choose
 from worker.xmp import locate_in_xmp
 
@@ -340,14 +341,44 @@ def load_in_place(image: Image.Image) -> Image.Image:
     return image
 
 
+def written_from_tiles(src: Path, image: Image.Image, icc: bytes | None, dst: Path) -> bool:
+    """Write the copy of HEIC ``src`` band by band from its coded tiles (``heif_tiles``), the
+    whole picture never decoded at once; False, with nothing written, where that path does not
+    apply: a picture that is not RGB (grey, or an ICC profile of another space), or one that
+    ``open_tiles`` cannot read in bands (a clean aperture, no tile API). The bands must come out
+    the size pillow-heif reads, or the whole-image decode has the last word."""
+    if image.mode not in ("RGB", "RGBA") or icc_space(icc) not in (None, "RGB"):
+        return False
+    try:
+        tiled = open_tiles(src)
+        if tiled is None:
+            return False
+        with tiled:
+            bands = tiled.bands()
+            if bands.size != image.size:
+                return False
+            write_jpeg_in_bands(bands.band, bands.size, dst, icc, bands.samples())
+    except TileError as e:   # libheif's refusal of the container or of a tile: the input's
+        raise decoder_error("HEIF image", e) from None
+    return True
+
+
+WriteInBands = Callable[[Path, Image.Image, bytes | None, Path], bool]
+
+
 def reencode(opener: Callable[[Path], Image.Image], what: str, container: str,
-             load: Callable[[Image.Image], Image.Image] = load_in_place) -> Callable[[Path, Path, Limits], Rebuilt]:
+             load: Callable[[Image.Image], Image.Image] = load_in_place,
+             in_bands: WriteInBands | None = None) -> Callable[[Path, Path, Limits], Rebuilt]:
+    """A rebuild that writes the picture ``opener`` opens as a JPEG: in bands where ``in_bands``
+    can, else decoded whole (``load``) and re-encoded (``write_jpeg``)."""
     def rebuild(src: Path, dst: Path, limits: Limits) -> Rebuilt:
         check_layout(src)
         with opener(src) as image:
             check_pixels(image, limits, what)
             removed = removed_from(image, container)
             icc = image.info.get("icc_profile") or None
+            if in_bands is not None and in_bands(src, image, icc, dst):
+                return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=removed)
             try:
                 picture = load(image)
             except MemoryError:
@@ -375,7 +406,7 @@ def never_a_copy(what: str) -> Callable[[Path], list[str]]:
 
 FORMATS = [
     Format(name="heic", kind="photo", media_type="image/heic", accept=accept_heic, locate=locate_heic,
-           rebuild=reencode(open_heic, "HEIF", "HEIF container", decoded_heic), inspect=never_a_copy("HEIF"),
+           rebuild=reencode(open_heic, "HEIF", "HEIF container", decoded_heic, written_from_tiles), inspect=never_a_copy("HEIF"),
            extensions=(".heic", ".heif")),
     Format(name="avif", kind="photo", media_type="image/avif", accept=accept_avif, locate=locate_avif,
            rebuild=reencode(open_avif, "AVIF", "AVIF container"), inspect=never_a_copy("AVIF"),

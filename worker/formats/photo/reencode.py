@@ -23,6 +23,7 @@ from worker import icc as icc_profiles
 from worker.answers import remember
 from worker.errors import SanitizeError, corrupt, too_large, unsupported
 from worker.formats.base import Limits, Rebuilt
+from worker.formats.photo.banded_jpeg import BandedJpeg, BandError
 
 # Tried in order until the copy is visually equal to the decoded input: 95 is plenty for camera
 # photos; lossless sources (TIFF scans, screenshots) with fine detail can need more.
@@ -142,6 +143,13 @@ def estimated_quality(picture: Image.Image) -> int:
     tiles = sample_tiles(picture)
     if len(tiles) == 1 and tiles[0] is picture:
         return JPEG_QUALITIES[0]   # small: the full check below is as cheap as any estimate
+    return quality_for(tiles)
+
+
+def quality_for(tiles: list[Image.Image]) -> int:
+    """The lowest of ``JPEG_QUALITIES`` whose encode of ``tiles`` is visually equal (with a margin)."""
+    if not tiles:
+        return JPEG_QUALITIES[0]
     samples = sum(t.width * t.height * 3 for t in tiles)
     for quality in JPEG_QUALITIES[:-1]:
         squares = 0.0
@@ -173,9 +181,19 @@ class _WatchedFile(_Watched, io.BufferedReader):
     pass
 
 
-def _streamed_squares(picture: Image.Image, decoded: Image.Image, feed: _Watched, rows: int = 64) -> float:
-    """Sum of squared RGB differences of ``picture`` and the RGB JPEG ``decoded`` (opened, not loaded),
-    compared while it decodes: the decoded copy is never whole in memory beside the picture.
+Rows = Callable[[int, int], Image.Image]   # rows top:end of a picture, as an image
+
+
+def rows_of(picture: Image.Image) -> Rows:
+    return lambda top, end: picture.crop((0, top, picture.width, end))
+
+
+def _streamed_squares(source: Rows, decoded: Image.Image, feed: _Watched, rows: int = 64,
+                      before_read: Callable[[int], None] | None = None) -> float:
+    """Sum of squared RGB differences of the picture whose rows ``source`` gives and the RGB JPEG
+    ``decoded`` (opened, not loaded, the picture's size), compared while it decodes: the decoded
+    copy is never whole in memory beside the picture. ``before_read(position)`` runs before each
+    read of ``feed``, after the comparisons: a writer can add to the copy there.
 
     Pillow's decoder writes into an anonymous map, which costs memory only where it is written;
     every ``rows`` finished rows are compared and their pages given back, so the copy's decode
@@ -184,7 +202,7 @@ def _streamed_squares(picture: Image.Image, decoded: Image.Image, feed: _Watched
     with the pixel, the map starts (and is given back) as zeros. Every row is compared, after the
     decode has succeeded at the latest: what the padding byte says only moves comparisons earlier.
     """
-    width, height = picture.size
+    width, height = decoded.size
     stride = width * 4
     # not closed here: the decoded image points into it until the caller closes that image
     target = mmap.mmap(-1, stride * height)
@@ -203,7 +221,7 @@ def _streamed_squares(picture: Image.Image, decoded: Image.Image, feed: _Watched
         nonlocal compared, released, squares
         while compared < upto:
             end = min(compared + rows, upto)
-            squares += _squared_error(picture.crop((0, compared, width, end)), rgb_view(compared, end))
+            squares += _squared_error(source(compared, end), rgb_view(compared, end))
             compared = end
         page_end = compared * stride // mmap.PAGESIZE * mmap.PAGESIZE
         if page_end > released:
@@ -216,6 +234,8 @@ def _streamed_squares(picture: Image.Image, decoded: Image.Image, feed: _Watched
             done += 1
         if done - compared >= rows:
             compare(done - (done - compared) % rows)
+        if before_read is not None:
+            before_read(feed.tell())
 
     decoded.im = rgb_view(0, height).im
     feed.between = between
@@ -235,7 +255,7 @@ def visually_equal(picture: Image.Image, copy: bytes | Path) -> bool:
         if decoded.size != picture.size:
             return False
         if decoded.mode == picture.mode == "RGB" and decoded.format == "JPEG" and len(decoded.tile) == 1:
-            squares = _streamed_squares(picture, decoded, feed)
+            squares = _streamed_squares(rows_of(picture), decoded, feed)
             return _to_db(squares, picture.width * picture.height * 3) >= VISUALLY_EQUAL_DB
         decoded.load()
         return psnr(picture, decoded) >= VISUALLY_EQUAL_DB
@@ -270,6 +290,81 @@ def write_jpeg(image: Image.Image, dst: Path, icc: bytes | None) -> int:
             # that check decoded the whole copy: the verifier's decode of these bytes is answered
             remember(PILLOW_DECODES, dst, True)
             break
+    return quality
+
+
+# Rows of the picture encoded, decoded and compared at a time by ``write_jpeg_in_bands``
+BAND_ROWS = 256
+
+
+def _written_and_compared(bands: Rows, size: tuple[int, int], dst: Path, quality: int,
+                          icc: bytes | None) -> float:
+    """Write ``dst`` from ``bands`` at ``quality`` while Pillow decodes it from the file: the next
+    band is written only when the decoder has read all that is there. Returns the sum of squared
+    differences between the bands and the decode of ``dst``'s bytes. At most a band or two of
+    the picture, and a few strips of the decode, are in memory at once."""
+    width, height = size
+    held: list[tuple[int, Image.Image]] = []   # bands written, not yet wholly compared
+
+    def source(top: int, end: int) -> Image.Image:
+        while held and held[0][0] + held[0][1].height <= top:
+            held.pop(0)   # compared: rows only ever go forward
+        pieces = [(start, band) for start, band in held if start < end and start + band.height > top]
+        if len(pieces) == 1:
+            start, band = pieces[0]
+            return band.crop((0, top - start, width, end - start))
+        joined = Image.new("RGB", (width, end - top))
+        for start, band in pieces:
+            joined.paste(band.crop((0, max(top - start, 0), width, min(end - start, band.height))),
+                         (0, max(start - top, 0)))
+        return joined
+
+    with open(dst, "wb") as out:
+        writer = BandedJpeg(out, size, quality, icc)
+
+        def write_ahead(position: int) -> None:
+            while position >= writer.written and writer.rows < height:
+                top = writer.rows
+                band = bands(top, min(top + BAND_ROWS, height))
+                held.append((top, band))
+                writer.add(band)
+                if writer.rows == height:
+                    writer.finish()
+                out.flush()
+
+        write_ahead(0)
+        feed = _WatchedFile(io.FileIO(dst))
+        with feed, Image.open(feed) as decoded:
+            if decoded.size != size or decoded.mode != "RGB" or len(decoded.tile) != 1:
+                raise BandError(f"the banded copy reads as {decoded.mode} {decoded.size}")
+            squares = _streamed_squares(source, decoded, feed, before_read=write_ahead)
+        if writer.rows != height:
+            raise BandError(f"the decode ended at row {writer.rows} of {height}")
+    return squares
+
+
+def write_jpeg_in_bands(bands: Rows, size: tuple[int, int], dst: Path, icc: bytes | None,
+                        samples: list[Image.Image] | None = None) -> int:
+    """Write the RGB picture whose upright rows ``bands`` gives to ``dst`` as a JPEG holding pixels
+    and ``icc`` only, never holding the whole picture (``BandedJpeg``). The first quality tried
+    is the one ``samples`` of the picture call for (``quality_for``); the next is tried only when
+    the copy, decoded from its file as it is written, is not visually equal to the bands, and
+    then the bands are read again. Returns the quality kept.
+    """
+    keep_icc = icc_profiles.clean(icc) if icc and icc_space(icc) == "RGB" else None
+    width, height = size
+    first = JPEG_QUALITIES.index(quality_for(samples or []))
+    for quality in JPEG_QUALITIES[first:]:
+        try:
+            squares = _written_and_compared(bands, size, dst, quality, keep_icc)
+        except BandError as e:
+            raise SanitizeError("internal", f"writing the JPEG copy in bands failed: {e}") from None
+        except OSError as e:
+            raise SanitizeError("internal", f"writing or reading back the JPEG copy failed: {e}") from None
+        if _to_db(squares, width * height * 3) >= VISUALLY_EQUAL_DB or quality == JPEG_QUALITIES[-1]:
+            break
+    # the copy was decoded whole, from its file, to be compared: the verifier's decode is answered
+    remember(PILLOW_DECODES, dst, True)
     return quality
 
 
@@ -339,4 +434,4 @@ def salvage(src: Path, dst: Path, limits: Limits, damage: SanitizeError, *, trun
 
 
 __all__ = ["write_jpeg", "salvage", "upright", "to_jpeg_mode", "icc_space", "psnr", "JPEG_QUALITIES",
-           "estimated_quality", "visually_equal"]
+           "estimated_quality", "visually_equal", "write_jpeg_in_bands"]
