@@ -264,3 +264,28 @@ def test_a_grey_heic_is_decoded_whole(tmp_path):
     assert b"\xff\xdd" not in data[:data.index(b"\xff\xda")]
     with Image.open(report.output) as jpeg:
         assert jpeg.mode == "L"
+
+
+def test_a_heic_with_a_clean_aperture_is_decoded_whole(tmp_path):
+    """A ``clap`` crop is libheif's to apply: ``open_tiles`` declines it and the whole decode
+    writes the cropped picture. (The fixture's 600-byte ICC ``colr`` property is turned into a
+    ``clap`` of the same size: 600 x 440 out of the 640 x 480 coded, before the turn.)"""
+    from worker.sanitizer import sanitize_file
+
+    src = tmp_path / "cropped.heic"
+    iphone_like_heic(src)
+    data = bytearray(src.read_bytes())
+    colr = data.index(b"colr", data.index(b"ipco")) - 4
+    (size,) = struct.unpack(">I", data[colr:colr + 4])
+    clap = struct.pack(">I4s8I", size, b"clap", 600, 1, 440, 1, 0, 1, 0, 1)
+    data[colr:colr + len(clap)] = clap
+    src.write_bytes(bytes(data))
+    expected = whole_decode(src)
+    assert expected.size == (440, 600)
+    assert open_tiles(src) is None
+    report = sanitize_file(src, tmp_path / "out", Limits())
+    data = Path(report.output).read_bytes()
+    assert b"\xff\xdd" not in data[:data.index(b"\xff\xda")]
+    with Image.open(report.output) as jpeg:
+        jpeg.load()
+        assert jpeg.size == (440, 600) and psnr(expected, jpeg) >= VISUALLY_EQUAL_DB

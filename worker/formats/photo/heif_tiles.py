@@ -5,8 +5,9 @@ at once: twice the RGB picture at 12 MP, before Pillow's own copy. A phone's HEI
 HEVC tiles (512 x 512 on iPhones) that each decode on their own, so a band of output rows costs
 only the tiles under it: ``Bands`` places them, turned and mirrored as the item's ``irot`` and
 ``imir`` say (in the order the item lists them), and keeps a tile only while the next band still
-needs it. With libheif's own transformations off, the geometry is ours and exact: the bands
-together are pixel for pixel libheif's full decode (tests/test_heif_tiles.py).
+needs it. Two threads decode the next band's tiles meanwhile, each with its own libheif context.
+With libheif's own transformations off, the geometry is ours and exact: the bands together are
+pixel for pixel libheif's full decode (tests/test_heif_tiles.py).
 
 pillow-heif does not expose libheif's tile API, so ``open_tiles`` binds the libheif it ships
 (ctypes). It answers None wherever that does not hold (no such library or symbol, a clean
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import itertools
 import os
+import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -33,6 +36,9 @@ CHANNEL_INTERLEAVED = 10
 MIRROR_VERTICAL = 0                      # heif_transform_mirror_direction_vertical: top and bottom swap
 IROT, IMIR = int.from_bytes(b"irot", "big"), int.from_bytes(b"imir", "big")
 MAX_TRANSFORMS = 16
+# Threads (each with its own libheif context) decoding tiles ahead of the bands: two keep two
+# cores busy decoding while the bands are encoded and checked between them.
+DECODER_THREADS = 2
 # A grid of more tiles than this is decoded whole: a band loop over millions of 1-pixel tiles
 # would be the slow path a hostile file asks for.
 MAX_TILES = 4096
@@ -150,19 +156,23 @@ class Bands:
         return into[key]
 
     def _decode(self, key: tuple[int, int]) -> Image.Image:
-        # every decode on the decoder's one thread, when there is one: libheif is never entered twice at once
+        # with decoder threads, every decode is theirs: each has a libheif context of its own
         return self._tile(*key) if self._decoder is None else self._decoder.submit(self._tile, *key).result()
 
-    def _decode_ahead(self, top: int, end: int) -> None:
-        """Start decoding the tiles rows ``top:end`` need that are not here yet: the decoder's
-        thread works on them while this one encodes and checks the band before."""
-        width, height = self.size
-        if self._decoder is None or top >= height:
+    def _queue(self, coded: Box) -> None:
+        """Start decoding the tiles under ``coded`` that are not here yet, on the decoder threads."""
+        if self._decoder is None:
             return
-        coded = self.placement.to_coded((0, top, width, min(end, height)))
         for key in self._tiles_under(coded):
             if key not in self._kept and key not in self._spare and key not in self._ahead:
                 self._ahead[key] = self._decoder.submit(self._tile, *key)
+
+    def _decode_ahead(self, top: int, end: int) -> None:
+        """Start decoding the tiles upright rows ``top:end`` need: the decoder threads work on
+        them while this one encodes and checks the bands before."""
+        width, height = self.size
+        if top < height:
+            self._queue(self.placement.to_coded((0, top, width, min(end, height))))
 
     def _assemble(self, box: Box, into: dict[tuple[int, int], Image.Image]) -> Image.Image:
         """``box`` of the upright picture, from the tiles under it (decoded into ``into`` when new)."""
@@ -204,18 +214,19 @@ class Bands:
         needs them, so a sample costs no second decode."""
         (coded_w, coded_h), (tile_w, tile_h) = self.placement.coded, self.tile_size
         columns, rows = -(-coded_w // tile_w), -(-coded_h // tile_h)
-        blocks = []
+        boxes = []
         for row in sorted({rows // 4, 3 * rows // 4}):
             for column in sorted({columns // 4, 3 * columns // 4}):
                 part = intersect(self._coded_tile_box(column, row), (0, 0, coded_w, coded_h))
                 if part is None:
                     continue
+                self._queue(part)
                 x0, y0, x1, y1 = self.placement.to_upright(part)
                 for left in sorted({on_grid(x0, True), on_grid(x1 - block, False)}):
                     for top in sorted({on_grid(y0, True), on_grid(y1 - block, False)}):
                         if x0 <= left and left + block <= x1 and y0 <= top and top + block <= y1:
-                            blocks.append(self._assemble((left, top, left + block, top + block), self._spare))
-        return blocks
+                            boxes.append((left, top, left + block, top + block))
+        return [self._assemble(box, self._spare) for box in boxes]
 
 
 # --- libheif, through ctypes ----------------------------------------------------------------------
@@ -304,41 +315,66 @@ def _check(error: _Error) -> None:
     raise TileError(message)
 
 
-class TiledHeic:
-    """The primary image of one HEIC file, open in libheif; ``bands()`` reads it. Close it after."""
+class _Opened(NamedTuple):
+    """One libheif context of the file and its primary image's handle."""
 
-    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+    context: int
+    handle: ctypes.c_void_p
+
+
+class TiledHeic:
+    """The primary image of one HEIC file, open in libheif; ``bands()`` reads it. Close it after.
+
+    libheif decodes one tile at a time per context (a second thread on the same context waits),
+    so the file is opened once per decoder thread, DECODER_THREADS in all, and each thread
+    decodes with its own context: the tiles of a band come out in parallel.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, path: Path, contexts: int = 1) -> None:
         self._lib = lib
-        self._context = lib.heif_context_alloc()
-        self._handle = ctypes.c_void_p()
+        self._opened: list[_Opened] = []
         self._options = None
         self._decoder: ThreadPoolExecutor | None = None
-        if not self._context:
-            raise MemoryError("libheif could not allocate a context")
+        self._slots = itertools.count()
+        self._slot = threading.local()    # a decoder thread's context: an index into _opened
         try:
-            self._open(path)
+            self._options = lib.heif_decoding_options_alloc()
+            if not self._options:
+                raise MemoryError("libheif could not allocate decoding options")
+            # heif_decoding_options: uint8 version, then uint8 ignore_transformations (every version)
+            ctypes.cast(self._options, ctypes.POINTER(ctypes.c_uint8))[1] = 1
+            for _ in range(max(1, contexts)):
+                self._opened.append(self._open(path))
+            tiling = _Tiling()
+            _check(lib.heif_image_handle_get_image_tiling(self._opened[0].handle, 0, ctypes.byref(tiling)))
         except BaseException:
             self.close()
             raise
-
-    def _open(self, path: Path) -> None:
-        lib = self._lib
-        _check(lib.heif_context_read_from_file(self._context, os.fsencode(path), None))
-        _check(lib.heif_context_get_primary_image_handle(self._context, ctypes.byref(self._handle)))
-        self._options = lib.heif_decoding_options_alloc()
-        # heif_decoding_options: uint8 version, then uint8 ignore_transformations (every version)
-        ctypes.cast(self._options, ctypes.POINTER(ctypes.c_uint8))[1] = 1
-        tiling = _Tiling()
-        _check(lib.heif_image_handle_get_image_tiling(self._handle, 0, ctypes.byref(tiling)))
         self.tile_size = tiling.tile_width, tiling.tile_height
         self.grid = tiling.num_columns, tiling.num_rows
         self.coded = tiling.image_width, tiling.image_height
         self.ops = self._transforms()
 
+    def _open(self, path: Path) -> _Opened:
+        lib = self._lib
+        context = lib.heif_context_alloc()
+        if not context:
+            raise MemoryError("libheif could not allocate a context")
+        handle = ctypes.c_void_p()
+        try:
+            _check(lib.heif_context_read_from_file(context, os.fsencode(path), None))
+            _check(lib.heif_context_get_primary_image_handle(context, ctypes.byref(handle)))
+        except BaseException:
+            if handle:
+                lib.heif_image_handle_release(handle)
+            lib.heif_context_free(context)
+            raise
+        return _Opened(context, handle)
+
     def _transforms(self) -> tuple[Transpose, ...] | None:
         """The item's irot/imir as transposes, in its order; None when it lists anything else (clap)."""
-        lib, context = self._lib, self._context
-        item = lib.heif_image_handle_get_item_id(self._handle)
+        lib, (context, handle) = self._lib, self._opened[0]
+        item = lib.heif_image_handle_get_item_id(handle)
         ids = (ctypes.c_uint32 * MAX_TRANSFORMS)()
         count = lib.heif_item_get_transformation_properties(context, item, ids, MAX_TRANSFORMS)
         if not 0 <= count < MAX_TRANSFORMS:
@@ -367,10 +403,11 @@ class TiledHeic:
                 and 0 < width <= columns * tile_w and 0 < height <= rows * tile_h)
 
     def tile(self, column: int, row: int) -> Image.Image:
-        """Coded tile (column, row), as libheif decodes it, as an RGB image of its own."""
-        lib = self._lib
+        """Coded tile (column, row), as libheif decodes it, as an RGB image of its own (decoded
+        with the calling thread's context)."""
+        lib, handle = self._lib, self._opened[getattr(self._slot, "index", 0)].handle
         image = ctypes.c_void_p()
-        _check(lib.heif_image_handle_decode_image_tile(self._handle, ctypes.byref(image), COLORSPACE_RGB,
+        _check(lib.heif_image_handle_decode_image_tile(handle, ctypes.byref(image), COLORSPACE_RGB,
                                                        CHROMA_INTERLEAVED_RGB, self._options, column, row))
         try:
             stride = ctypes.c_int()
@@ -384,27 +421,29 @@ class TiledHeic:
         finally:
             lib.heif_image_release(image)
 
+    def _take_slot(self) -> None:
+        self._slot.index = next(self._slots)   # each new decoder thread its own context
+
     def bands(self) -> Bands:
-        """The picture's bands, its tiles decoded on a thread of their own one band ahead."""
+        """The picture's bands, its tiles decoded on threads of their own, ahead of the bands."""
         if self._decoder is None:
-            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heif-tiles")
+            self._decoder = ThreadPoolExecutor(max_workers=len(self._opened), thread_name_prefix="heif-tiles",
+                                               initializer=self._take_slot)
         return Bands(Placement(self.coded, self.ops or ()), self.tile_size, self.tile, self._decoder)
 
     def close(self) -> None:
         lib = self._lib
         if self._decoder is not None:
-            # decodes still queued are dropped, the running one finishes: then libheif is ours to free
+            # decodes still queued are dropped, the running ones finish: then libheif is ours to free
             self._decoder.shutdown(wait=True, cancel_futures=True)
             self._decoder = None
+        while self._opened:
+            context, handle = self._opened.pop()
+            lib.heif_image_handle_release(handle)
+            lib.heif_context_free(context)
         if self._options:
             lib.heif_decoding_options_free(self._options)
             self._options = None
-        if self._handle:
-            lib.heif_image_handle_release(self._handle)
-            self._handle = ctypes.c_void_p()
-        if self._context:
-            lib.heif_context_free(self._context)
-            self._context = None
 
     def __enter__(self) -> TiledHeic:
         return self
@@ -419,7 +458,7 @@ def open_tiles(path: Path) -> TiledHeic | None:
     lib = libheif()
     if lib is None:
         return None
-    tiled = TiledHeic(lib, path)
+    tiled = TiledHeic(lib, path, DECODER_THREADS)
     if not tiled.usable():
         tiled.close()
         return None
