@@ -1,5 +1,7 @@
 """Photo families: JPEG, PNG/APNG, WebP, GIF (lossless rebuilds by allow-list) and HEIF/AVIF, TIFF
-(re-encoded to JPEG by ``reencode``)."""
+(re-encoded to JPEG by ``reencode``; a camera HEIC read in bands from its tiles by ``heif_tiles``
+and written band by band by ``banded_jpeg``). ``proof`` is the verifier's byte proof of the
+lossless ones."""
 from __future__ import annotations
 
 from pathlib import Path
