@@ -126,9 +126,24 @@ def test_a_plain_mp4_starts_one_tool_that_only_decodes(clips, tmp_path, tool_run
     assert report.status == "sanitized", report.as_json()
     [run] = tool_runs
     assert run[-3:] == ["-f", "null", "-"] and "-c" not in run and "-movflags" not in run
+    assert run[run.index("-analyzeduration") + 1] == "0"     # the plan read the streams' descriptions
     described = movie.describe(src)
     kept = {t.kind: t.index for t in (described.first(b"vide"), described.first(b"soun"))}
     assert stream_proof.differences(src, Path(report.output), kept) == []
+
+
+@pytest.mark.parametrize("at", [200, 1000, 3000])
+def test_a_damaged_keyframe_of_a_plain_mp4_is_refused(clips, tmp_path, at):
+    """ffmpeg does not probe a plain MP4's streams (the box copy's plan read their descriptions),
+    and its decoders still see every keyframe: zeros inside the coded picture are ``corrupt``."""
+    data = bytearray(clips["android.mp4"].read_bytes())
+    [(_, mdat, _)] = [box for box in _top_level(clips["android.mp4"]) if box[0] == b"mdat"]
+    data[mdat + at:mdat + at + 400] = bytes(400)
+    src = tmp_path / "damaged.mp4"
+    src.write_bytes(bytes(data))
+    report = sanitize_file(src, tmp_path / "out", Limits())
+    assert (report.status, report.error.code) == ("rejected", "corrupt"), report.as_json()
+    assert "does not decode" in report.error.message and report.output is None
 
 
 def test_what_is_not_plain_goes_to_ffmpeg(clips, tmp_path):

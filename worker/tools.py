@@ -205,12 +205,19 @@ def _seek_args(ranges: list[tuple[float, float]], duration: float) -> list[list[
     return seeks
 
 
+# For inputs whose every kept stream's decoder configuration our own walk has read (a plain MP4's
+# sample descriptions): ffmpeg need not read and decode packets ahead to find codec parameters,
+# which is a tenth of a 10 s film's decode sample; the decoders still get every packet.
+NO_STREAM_PROBING = ("-analyzeduration", "0", "-probesize", "32")
+
+
 def decode_sample_args(path: Path, *, duration: float | None, demuxer: str | None, indexes: list | None,
-                       keyframes_only: bool = False, whole: bool = False,
+                       keyframes_only: bool = False, whole: bool = False, described: bool = False,
                        first_input: int = 0) -> tuple[list[str], list[str]]:
     """The ffmpeg inputs (``path`` once per sample range, seeked and cut) and outputs (the streams
     mapped to the null muxer) of ``decode_sample``; the inputs are numbered from ``first_input``.
-    ``indexes``: ffmpeg stream specifiers of ``path`` (an index, or ``i:ID`` for a stream id)."""
+    ``indexes``: ffmpeg stream specifiers of ``path`` (an index, or ``i:ID`` for a stream id).
+    ``described``: the container describes every stream fully (``NO_STREAM_PROBING``)."""
     if whole:
         seeks = [[]]
     elif duration is None:
@@ -220,8 +227,9 @@ def decode_sample_args(path: Path, *, duration: float | None, demuxer: str | Non
     inputs, outputs = [], []
     # an input of its own decodes nothing but the keyframes: its demuxer need not read the rest
     discard = ["-discard:v", "nokey"] if keyframes_only else []
+    probing = list(NO_STREAM_PROBING) if described else []
     for i, seek in enumerate(seeks, start=first_input):
-        inputs += [*discard, *_decoder_options(keyframes_only), *seek, *input_args(path, demuxer)]
+        inputs += [*discard, *_decoder_options(keyframes_only), *probing, *seek, *input_args(path, demuxer)]
         outputs += _maps(i, indexes)
     return inputs, [*outputs, "-f", "null", "-"]
 
@@ -245,7 +253,7 @@ def _maps(i: int, indexes: list | None) -> list[str]:
 def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer: str | None = None,
                   indexes: list | None = None, what: str = "decoding", cut_short: bool = False,
                   share: bool = False, keyframes_only: bool = False, whole: bool = False,
-                  meanwhile: Callable[[], object] | None = None) -> None:
+                  described: bool = False, meanwhile: Callable[[], object] | None = None) -> None:
     """Decode a bounded sample of every stream of ``path`` in one ffmpeg run: the ranges of
     ``sample_ranges`` (one input of the same file for each, seeked and cut), or the whole file
     when it is short; with no ``duration`` known, the first and the last seconds (``-sseof``).
@@ -258,6 +266,8 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
     ``keyframes_only``: the video decoder decodes only the keyframes of each range (and the one
     before it, where ffmpeg's seek starts); see ``av_rebuild``, which copies those very bytes.
     ``whole``: decode the whole file instead of the ranges (one input: see ``av_rebuild``).
+    ``described``: every stream's decoder configuration is in the container, read by our own walk
+    (a plain MP4/M4A): ffmpeg does not probe the streams (``NO_STREAM_PROBING``).
     ``share``: the verifier decodes these same bytes next (an audio copy the rebuild checks): its
     ask is answered by this run (the sample positions are this run's, from this ``duration``).
     ``meanwhile``: as ``run_tool``'s (done here also when no run is needed)."""
@@ -267,7 +277,7 @@ def decode_sample(path: Path, limits: Limits, *, duration: float | None, demuxer
             meanwhile()
         return
     inputs, outputs = decode_sample_args(path, duration=duration, demuxer=demuxer, indexes=indexes,
-                                         keyframes_only=keyframes_only, whole=whole)
+                                         keyframes_only=keyframes_only, whole=whole, described=described)
     args = [*FFMPEG, *inputs, *outputs]
     try:
         proc = run_tool(args, limits, what=what, meanwhile=meanwhile)

@@ -227,10 +227,11 @@ def rebuild_with(name: str, targets: tuple[str, ...], src: Path, dst: Path, limi
     if plain is not None:
         def write_copy() -> None:
             box_copy.write(plain, src, dst)
+            _check_copy(dst, kept)
             load_copy_readers()
 
-        decode_sample(src, limits, what="checking the input", **sample, meanwhile=write_copy)
-        _check_copy(dst, kept)
+        # the plan read every kept track's sample description: ffmpeg need not probe the streams
+        decode_sample(src, limits, what="checking the input", **sample, described=True, meanwhile=write_copy)
         return _rebuilt(first, source, movie, kept)
     # else, the usual case in one ffmpeg run: the copy into the first target and the input's decode
     # sample (a long file's run apart: SHARED_RUN_MAX_PACKETS); when that run fails or logs anything,
