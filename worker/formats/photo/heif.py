@@ -406,8 +406,8 @@ def never_a_copy(what: str) -> Callable[[Path], list[str]]:
 
 FORMATS = [
     Format(name="heic", kind="photo", media_type="image/heic", accept=accept_heic, locate=locate_heic,
-           rebuild=reencode(open_heic, "HEIF", "HEIF container", decoded_heic, written_from_tiles), inspect=never_a_copy("HEIF"),
-           extensions=(".heic", ".heif")),
+           rebuild=reencode(open_heic, "HEIF", "HEIF container", decoded_heic, written_from_tiles),
+           inspect=never_a_copy("HEIF"), extensions=(".heic", ".heif")),
     Format(name="avif", kind="photo", media_type="image/avif", accept=accept_avif, locate=locate_avif,
            rebuild=reencode(open_avif, "AVIF", "AVIF container"), inspect=never_a_copy("AVIF"),
            extensions=(".avif",)),

@@ -252,7 +252,8 @@ def _library_path() -> str | None:
         import pillow_heif
     except ImportError:
         return None
-    bundled = sorted(glob.glob(os.path.join(os.path.dirname(pillow_heif.__path__[0]), "pillow_heif.libs", "libheif*.so*")))
+    wheel_libs = os.path.join(os.path.dirname(pillow_heif.__path__[0]), "pillow_heif.libs")
+    bundled = sorted(glob.glob(os.path.join(wheel_libs, "libheif*.so*")))
     if bundled:
         return bundled[0]
     import ctypes.util
