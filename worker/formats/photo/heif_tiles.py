@@ -120,7 +120,8 @@ class Bands:
     """Rows of the upright picture from ``tile(column, row)``, the coded grid's tiles as RGB images.
 
     Each tile is decoded once: it is kept from the first band that needs it until a band no
-    longer does, so what is held is a band plus the tiles it shares with the next.
+    longer does, so what is held is a band's tiles, those of the next being decoded ahead (on
+    ``decoder``'s threads, when given) and the few the quality samples took early.
     """
 
     def __init__(self, placement: Placement, tile_size: tuple[int, int],
