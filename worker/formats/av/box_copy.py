@@ -42,8 +42,9 @@ from typing import BinaryIO, NamedTuple
 
 from worker.errors import SanitizeError
 from worker.formats.av.av_inspect import STBL_CHILDREN
-from worker.formats.walkers.boxes import (MAX_TABLE, Box, chunk_offsets, file_size, iter_boxes, media_extent,
-                                          read_payload, sample_entry_types, sample_sizes, samples_per_chunk)
+from worker.formats.walkers.boxes import (MAX_TABLE, Box, chunk_lengths, chunk_offsets, file_size, iter_boxes,
+                                          media_extent, read_payload, sample_entry_types, sample_sizes,
+                                          samples_per_chunk)
 
 # sample entry codes that MP4 takes as they are (QuickTime's PCM and sound descriptions it does not)
 PLAIN_CODECS = frozenset({b"avc1", b"avc3", b"hvc1", b"hev1", b"av01", b"vp09", b"mp4a", b"Opus", b"fLaC"})
@@ -223,14 +224,9 @@ def _track(f: BinaryIO, trak: Box, size: int) -> tuple[TrackPlan, list[tuple[int
     constant, count, sample_bytes = sample_sizes(b"stsz", read_payload(f, stsz, MAX_TABLE))
     if constant:
         return None            # PCM-like layouts: ffmpeg regroups them
-    chunks, sample = [], 0
-    for offset, n in zip(offsets, per_chunk):
-        length = sum(sample_bytes[sample:sample + n])
-        sample += n
-        if sample > count or offset + length > size:
-            return None
-        chunks.append((offset, length))
-    if sample != count or not count:
+    # more samples in the chunks than sizes listed: corrupt, which ``plan`` answers with None
+    chunks = list(zip(offsets, chunk_lengths(per_chunk, constant, count, sample_bytes)))
+    if sum(per_chunk) != count or not count or any(offset + length > size for offset, length in chunks):
         return None
     before, after, passed = [], [], False
     for child in iter_boxes(f, stbl.payload_start, stbl.end):

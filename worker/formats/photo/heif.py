@@ -377,18 +377,18 @@ def reencode(opener: Callable[[Path], Image.Image], what: str, container: str,
             check_pixels(image, limits, what)
             removed = removed_from(image, container)
             icc = image.info.get("icc_profile") or None
-            if in_bands is not None and in_bands(src, image, icc, dst):
-                return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=removed)
-            try:
-                picture = load(image)
-            except MemoryError:
-                raise too_large(f"the {what} image does not fit in memory") from None
-            except Exception as e:  # noqa: BLE001 - libheif/libavif errors arrive as many types; all are the input's
-                raise decoder_error(f"{what} image", e) from None
-            if picture is not image:
-                image.close()   # the decoder's buffer and the container go before the encode
-                give_back_freed_memory()
-            write_jpeg(picture, dst, icc)
+            if in_bands is None or not in_bands(src, image, icc, dst):
+                try:
+                    picture = load(image)
+                except MemoryError:
+                    raise too_large(f"the {what} image does not fit in memory") from None
+                # libheif/libavif errors arrive as many types; all are the input's
+                except Exception as e:  # noqa: BLE001
+                    raise decoder_error(f"{what} image", e) from None
+                if picture is not image:
+                    image.close()   # the decoder's buffer and the container go before the encode
+                    give_back_freed_memory()
+                write_jpeg(picture, dst, icc)
         return Rebuilt(format="jpeg", media_type="image/jpeg", extension=".jpg", removed=removed)
     return rebuild
 

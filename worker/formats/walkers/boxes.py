@@ -254,16 +254,20 @@ def chunk_ranges(f: BinaryIO, stbl: Box, file_end: int) -> list[tuple[int, int]]
     if sizes_box is None:
         raise corrupt("a track with chunks but no stsz (sample sizes)")
     constant, count, sizes = sample_sizes(sizes_box.type, read_payload(f, sizes_box, MAX_TABLE))
-    ranges, sample = [], 0
-    for offset, n in zip(offsets, per_chunk):
+    return [(offset, min(offset + length, file_end))
+            for offset, length in zip(offsets, chunk_lengths(per_chunk, constant, count, sizes))
+            if offset < file_end and length]
+
+
+def chunk_lengths(per_chunk: array, constant: int, count: int, sizes: array | None) -> Iterator[int]:
+    """The bytes each chunk holds, in the chunk table's order, from its samples per chunk and the
+    sample sizes (``sample_sizes``); corrupt when the chunks hold more than ``count`` samples."""
+    sample = 0
+    for n in per_chunk:
         if sample + n > count:
             raise corrupt(f"the chunks hold more samples than the {count} the sample size table lists")
-        if offset < file_end:
-            length = constant * n if constant else sum(sizes[sample:sample + n])
-            if length:
-                ranges.append((offset, min(offset + length, file_end)))
+        yield constant * n if constant else sum(sizes[sample:sample + n])
         sample += n
-    return ranges
 
 
 def counted_entries(payload: bytes, *, what: str, min_size: int) -> Iterator[tuple[int, int]]:
